@@ -1,0 +1,8 @@
+"""`accelerate launch train.py --config X.yaml key=value ...` == `trainer train --config X.yaml key=value ...`."""
+
+import sys
+
+from trainer.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["train", *sys.argv[1:]]))

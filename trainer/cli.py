@@ -1,0 +1,199 @@
+"""`trainer` command line: train, eval, predict, config, recipes, demo.
+
+Mistakes in what the user typed (config keys, paths, folders) end with exit code 2 and one line
+naming the bad value, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+TRAIN_EPILOG = """\
+overrides are dotted keys, e.g.:
+  trainer train data.root=photos/ output_dir=runs/photos train.epochs=5 model.name=torchvision/resnet50
+  trainer train --config resnet50-two-phase data.root=veg/ train.phases.1.optim.lr=2e-5
+the same with several processes (GPUs, or 2 CPU processes with the cpu profile):
+  accelerate launch --config_file accelerate_configs/multi_gpu.yaml train.py --config X.yaml key=value ...
+every key, its type, default and meaning: trainer config --keys
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="RECIPE|FILE.yaml", help="packaged recipe name (see `trainer recipes`) or a YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, applied last")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainer",
+        description="Train an image classifier by transfer learning on a folder of labelled images.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="train on an image folder; writes a run folder with the model",
+        description="Train on DATA (class sub-folders, or train/ val/ test/ splits of them).",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_args(p)
+
+    p = sub.add_parser("eval", help="metrics of a model folder on a labelled image folder")
+    p.add_argument("model_dir", help="a model folder (RUN_DIR/model)")
+    p.add_argument("data_dir", help="class sub-folders, or a pre-split folder")
+    p.add_argument("--split", default="auto", help="train, val or test of a pre-split folder (default: test, else val)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--json", metavar="FILE", help="also write all metrics as JSON")
+
+    p = sub.add_parser("predict", help="top-k labels for image files or folders, as CSV or JSON")
+    p.add_argument("model_dir", help="a model folder (RUN_DIR/model)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    p.add_argument("--out", default="predictions.csv", help="output file; .json for JSON (default: predictions.csv)")
+    p.add_argument("--topk", type=int, default=1, help="labels per image, best first (default: 1)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=None)
+
+    p = sub.add_parser("config", help="print the resolved config, or every key with --keys")
+    _add_config_args(p)
+    p.add_argument("--keys", action="store_true", help="list every config key with type, default and meaning")
+
+    sub.add_parser("recipes", help="list the packaged recipes")
+
+    p = sub.add_parser(
+        "demo",
+        help="write scikit-learn's digits as an image folder and train on it (no network)",
+        description="Writes the 1,797 digits to DATA as PNGs, trains the 'digits' recipe, prints test accuracy.",
+    )
+    p.add_argument("--data", default="data/digits", help="where to write the digits folder (default: data/digits)")
+    p.add_argument("--output-dir", default="runs/demo", help="run folder (default: runs/demo)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides on top of the digits recipe")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainer.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from trainer.loop import run  # heavy imports only after the config is known to be good
+
+    run(cfg)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from trainer.config import describe_keys, dump_yaml, load_config
+
+    if args.keys:
+        for key, tp, default, doc in describe_keys():
+            print(f"{key:34} {tp:26} {default:18} {doc}")
+        return 0
+    print(dump_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from trainer.config import RECIPES_DIR, list_recipes
+
+    for name in list_recipes():
+        first = (RECIPES_DIR / f"{name}.yaml").read_text(encoding="utf-8").splitlines()[0]
+        print(f"{name:22} {first.lstrip('# ')}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from trainer.inference import evaluate_folder
+
+    result = evaluate_folder(args.model_dir, args.data_dir, args.split, args.batch_size, args.num_workers)
+    if not _is_main():
+        return 0
+    names = result["class_names"]
+    print(f"samples {result['samples']}  accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}", end="")
+    print(f"  top5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else "")
+    print(f"{'class':24} {'support':>8} {'accuracy':>9}")
+    for name, n, acc in zip(names, result["support"], result["per_class_accuracy"]):
+        print(f"{name:24} {n:8d} {acc if acc is None else format(acc, '.4f'):>9}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from trainer.inference import predict_paths, write_predictions
+
+    from trainer.config import ConfigError
+
+    if args.topk < 1:
+        raise ConfigError(f"--topk: expected >= 1, got {args.topk}")
+    rows, bad = predict_paths(args.model_dir, args.paths, args.topk, args.batch_size, args.num_workers)
+    if not _is_main():
+        return 0
+    out = Path(args.out)
+    write_predictions(rows, out, args.topk)
+    for path, reason in bad:
+        print(f"skipped unreadable image {path}: {reason}", file=sys.stderr)
+    print(f"{len(rows)} predictions -> {out}" + (f"; {len(bad)} unreadable files skipped" if bad else ""))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from trainer.config import load_config
+    from trainer.demo import write_digits
+
+    folder = write_digits(args.data)
+    print(f"digits image folder: {folder}")
+    overrides = [f"data.root={folder}", f"output_dir={args.output_dir}", "overwrite=true", *args.overrides]
+    cfg = load_config("digits", overrides)
+    from trainer.loop import run
+
+    summary = run(cfg)
+    if _is_main():
+        print(
+            f"\ndemo: test accuracy {summary['test_accuracy']:.2%} on {summary['test_samples']} held-out digits\n"
+            f"model folder: {summary['model_dir']}\n"
+            f"try: trainer predict {summary['model_dir']} {folder}/3 --out runs/demo/predictions.csv"
+        )
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "config": cmd_config,
+    "recipes": cmd_recipes,
+    "demo": cmd_demo,
+}
+
+
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from trainer.config import ConfigError
+    from trainer.data import DataError
+    from trainer.models import ModelError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DataError, ModelError, FileNotFoundError) as e:
+        if _is_main():
+            print(f"trainer {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

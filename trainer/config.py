@@ -1,0 +1,465 @@
+"""The run configuration: a typed dataclass tree, YAML files and packaged recipes, dotted overrides.
+
+Precedence: dataclass defaults < recipe or YAML file < `key.sub=value` overrides. Every mistake
+(unknown key, wrong type, bad value) raises `ConfigError` naming the dotted key, before any work.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A user's configuration mistake; the message names the dotted key and what to do."""
+
+
+@dataclass
+class DataConfig:
+    root: str = ""
+    """Image folder: class sub-folders, or train/ + val|validation/ (+ test/) holding them."""
+    split: list[float] = field(default_factory=lambda: [0.7, 0.2, 0.1])
+    """Train/val/test ratios for a folder that is not pre-split; stratified per class."""
+    split_seed: int = 42
+    """Seed of the ratio split; kept apart from train.seed so the split stays put across runs."""
+    image_size: int | None = None
+    """Side of the square crop fed to the model, in pixels; null: the backbone's own (224)."""
+    num_workers: int | None = None
+    """DataLoader worker processes per training process; null: CPUs per process - 1, at most 8."""
+    hflip: bool = True
+    """Random horizontal flips in training; turn off when mirror images mean something else."""
+    min_crop_scale: float = 0.08
+    """Smallest area fraction RandomResizedCrop may keep (torchvision's default is 0.08)."""
+
+    def __post_init__(self) -> None:
+        if len(self.split) != 3 or any(r < 0 for r in self.split):
+            raise ConfigError(f"split: expected three ratios >= 0 (train, val, test), got {self.split}")
+        if abs(sum(self.split) - 1.0) > 1e-6 or self.split[0] <= 0:
+            raise ConfigError(f"split: ratios must sum to 1 with train > 0, got {self.split}")
+        if self.image_size is not None and not 16 <= self.image_size <= 4096:
+            raise ConfigError(f"image_size: expected 16..4096 pixels, got {self.image_size}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(f"num_workers: expected >= 0, got {self.num_workers}")
+        if not 0 < self.min_crop_scale <= 1:
+            raise ConfigError(f"min_crop_scale: expected 0 < x <= 1, got {self.min_crop_scale}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "torchvision/resnet50"
+    """Backbone as SOURCE/NAME: torchvision/resnet50, torchvision/resnext101_32x8d, timm/<name>."""
+    pretrained: bool | str = True
+    """true: the library's ImageNet weights (cache or download); false: random; or a .safetensors/.pth path."""
+    head: Literal["linear", "mlp"] = "linear"
+    """Classifier head on the backbone features: linear (Xavier init) or mlp (one hidden layer)."""
+    head_hidden: int = 512
+    """Hidden width of the mlp head (the ResNet-50 recipe uses 128)."""
+    head_dropout: float = 0.0
+    """Dropout before the head's last linear layer."""
+
+    def __post_init__(self) -> None:
+        source, _, arch = self.name.partition("/")
+        if source not in ("torchvision", "timm") or not arch:
+            raise ConfigError(
+                f"name: expected 'torchvision/<arch>' or 'timm/<arch>', got {self.name!r}"
+            )
+        if self.head_hidden < 1:
+            raise ConfigError(f"head_hidden: expected >= 1, got {self.head_hidden}")
+        if not 0 <= self.head_dropout < 1:
+            raise ConfigError(f"head_dropout: expected 0 <= p < 1, got {self.head_dropout}")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    """sgd (with momentum), adam or adamw."""
+    lr: float = 1e-4
+    """Learning rate of the backbone, at the peak of the schedule."""
+    head_lr_mult: float = 10.0
+    """The head's learning rate is lr times this (a fresh head learns faster than the backbone)."""
+    weight_decay: float = 0.01
+    """Weight decay (L2 for sgd/adam, decoupled for adamw)."""
+    momentum: float = 0.9
+    """SGD momentum (ignored by adam/adamw)."""
+    scheduler: Literal["cosine", "step", "constant"] = "cosine"
+    """cosine: linear warmup then cosine to 0; step: times gamma every step_epochs; constant."""
+    warmup_epochs: float = 0.0
+    """Linear warmup length in epochs (may be fractional), for the cosine scheduler."""
+    step_epochs: int = 30
+    """Step scheduler: multiply the learning rate by gamma every this many epochs."""
+    gamma: float = 0.1
+    """Step scheduler decay factor."""
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "head_lr_mult"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: expected > 0, got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise ConfigError("weight_decay and warmup_epochs must be >= 0")
+        if self.step_epochs < 1:
+            raise ConfigError(f"step_epochs: expected >= 1, got {self.step_epochs}")
+
+
+@dataclass
+class PhaseConfig:
+    name: str = "train"
+    """Shown in logs and metrics.jsonl (e.g. head, finetune)."""
+    epochs: int = 10
+    """Epochs in this phase."""
+    freeze: Literal["none", "backbone"] = "none"
+    """What does not train in this phase: nothing, or the whole backbone (head only)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedule of this phase; keys not given here come from the top-level optim."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs: expected >= 1, got {self.epochs}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int | None = None
+    """Epochs of a single-phase run (sets the one phase's epochs); multi-phase: train.phases.N.epochs."""
+    phases: list[PhaseConfig] = field(default_factory=list)
+    """Transfer-learning phases run in order; empty: one phase of train.epochs (10) with optim."""
+    batch_size: int = 64
+    """Images per process per step (the global batch is this x processes x grad_accum_steps)."""
+    eval_batch_size: int | None = None
+    """Images per process per evaluation step; null: 2 x batch_size."""
+    grad_accum_steps: int = 1
+    """Steps whose gradients are summed before one optimizer update."""
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
+    """no, fp16 or bf16; null: what the accelerate config or launcher says."""
+    seed: int = 0
+    """Seeds weights init, shuffling and augmentation (the split has data.split_seed)."""
+    log_every: int = 50
+    """Write a train event (loss, lr) to metrics.jsonl every this many optimizer steps."""
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"epochs: expected >= 1, got {self.epochs}")
+        for name in ("batch_size", "grad_accum_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ConfigError(f"eval_batch_size: expected >= 1, got {self.eval_batch_size}")
+
+
+@dataclass
+class CheckpointConfig:
+    enabled: bool = True
+    """Save a resumable state (accelerate save_state, safetensors) under checkpoints/ every epoch."""
+    keep_last: int = 2
+    """How many epoch checkpoints to keep; older ones are deleted after a newer one is complete."""
+
+    def __post_init__(self) -> None:
+        if self.keep_last < 1:
+            raise ConfigError(f"keep_last: expected >= 1, got {self.keep_last}")
+
+
+@dataclass
+class WandbConfig:
+    mode: Literal["disabled", "offline", "online"] = "disabled"
+    """disabled (default), offline (files under RUN_DIR/wandb, sync later) or online."""
+    project: str = "trainer"
+    """W&B project name."""
+    entity: str | None = None
+    """W&B entity (team or user); null: your default. The API key comes from the environment only."""
+    name: str | None = None
+    """Run name shown in W&B; null: the output folder's name."""
+
+
+@dataclass
+class TrackingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases, through accelerate's trackers, on the main process only."""
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/train"
+    """Run folder: config.yaml, metrics.jsonl, summary.json, checkpoints/, model/."""
+    overwrite: bool = False
+    """Allow writing into an output_dir that already holds a finished run."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Where the images are and how they are split and augmented."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Backbone, pretrained weights and head."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedule: the default of every phase."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Phases, batch sizes, precision, seed."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Resumable checkpoints."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment tracking (metrics.jsonl is always written)."""
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting strings from the command line."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[-1] if len(errors) == 1 else f"{key}: {value!r} fits none of {_type_name(tp)}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(map(str, choices))}; got {value!r}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}.{i}") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # PyYAML reads "1e-4" as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise AssertionError(f"unsupported config annotation {tp!r} at {key}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return "|".join(map(str, typing.get_args(tp)))
+    if origin is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _build(cls: type, values: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in values.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            hint = difflib.get_close_matches(str(k), names, n=1)
+            more = f" (did you mean '{prefix + '.' if prefix else ''}{hint[0]}'?)" if hint else ""
+            raise ConfigError(f"unknown config key '{key}'{more}; `trainer config --keys` lists them")
+        kwargs[k] = _coerce(v, hints[k], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}.{e}" if prefix else str(e)) from None
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """Set `a.b.0.c=value` in a nested dict/list tree; list items are addressed by index."""
+    parts = dotted.split(".")
+    node: Any = tree
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{where}: '{'.'.join(parts[:i])}' has {len(node)} entries")
+            part = int(part)
+        if last:
+            node[part] = value
+        else:
+            if isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
+                node[part] = {}
+            node = node[part]
+
+
+def _default_tree() -> dict:
+    return dataclasses.asdict(RunConfig())
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _resolve_phases(tree: dict) -> None:
+    """Fill every phase's optim from the top-level optim; apply train.epochs to a single phase."""
+    train = tree.setdefault("train", {})
+    if not isinstance(train, dict):
+        return  # _build reports the type error
+    phases = train.get("phases") or [{"name": "train"}]
+    if not isinstance(phases, list) or not all(isinstance(p, dict) for p in phases):
+        raise ConfigError(f"train.phases: expected a list of mappings, got {phases!r}")
+    epochs = train.get("epochs")
+    if epochs is not None:
+        if len(phases) > 1:
+            raise ConfigError(
+                f"train.epochs: this config has {len(phases)} phases; set each one's epochs "
+                "with train.phases.N.epochs=... instead"
+            )
+        phases = [{**phases[0], "epochs": epochs}]
+    root_optim = tree.get("optim") or {}
+    if not isinstance(root_optim, dict):
+        raise ConfigError(f"optim: expected a mapping, got {root_optim!r}")
+    train["phases"] = [
+        {**p, "optim": {**root_optim, **(p.get("optim") or {})}} for p in phases
+    ]
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key.sub=value` -> (key.sub, YAML-parsed value); `key=` gives an empty string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(c.isspace() for c in key):
+        raise ConfigError(f"bad override {text!r}: expected key.sub=value (e.g. train.epochs=3)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A YAML path, or the name of a packaged recipe (`trainer recipes` lists them)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = RECIPES_DIR / f"{name_or_path.removesuffix('.yaml')}.yaml"
+    if packaged.is_file():
+        return packaged
+    raise ConfigError(
+        f"--config {name_or_path!r}: no such file, and no packaged recipe of that name "
+        f"(recipes: {', '.join(list_recipes())})"
+    )
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return tree
+
+
+def load_config(config: str | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Defaults < recipe/YAML file < overrides, validated into a RunConfig."""
+    tree = _default_tree()
+    tree["train"]["phases"] = []  # phases come from the file, or one is made from train.epochs
+    if config:
+        tree = _deep_merge(tree, load_yaml(find_recipe(config)))
+    for text in overrides:
+        _set_dotted(tree, *parse_override(text))
+    _resolve_phases(tree)
+    return _build(RunConfig, tree, "")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def flat_dict(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """{'data.root': ..., 'train.phases.0.epochs': ...}: for trackers that want flat keys."""
+    out: dict[str, Any] = {}
+    items = cfg.items() if isinstance(cfg, dict) else enumerate(cfg)
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, (dict, list)) and v:
+            out.update(flat_dict(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+@functools.cache
+def _field_docs() -> dict[tuple[str, str], str]:
+    """Docstrings written under each dataclass field, read from this file's source."""
+    docs = {}
+    tree = ast.parse(inspect.getsource(inspect.getmodule(_field_docs)))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            body = node.body
+            for a, b in zip(body, body[1:]):
+                if (
+                    isinstance(a, ast.AnnAssign)
+                    and isinstance(a.target, ast.Name)
+                    and isinstance(b, ast.Expr)
+                    and isinstance(b.value, ast.Constant)
+                    and isinstance(b.value.value, str)
+                ):
+                    docs[(node.name, a.target.id)] = b.value.value.strip()
+    return docs
+
+
+def describe_keys(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, doc) for every leaf field, for `trainer config --keys`."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    default = cls()
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        doc = _field_docs().get((cls.__name__, f.name), "")
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe_keys(tp, key + "."))
+        elif typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            rows.append((key, "list", "[]", doc))
+            rows.extend(describe_keys(typing.get_args(tp)[0], key + ".N."))
+        else:
+            rows.append((key, _type_name(tp), repr(getattr(default, f.name)), doc))
+    return rows

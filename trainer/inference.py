@@ -1,0 +1,124 @@
+"""Using a saved model folder: evaluate it on a labelled folder, predict labels for any images.
+
+Both run on one process or many (`accelerate launch -m trainer ...`): every image is scored
+exactly once and the main process writes the results.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from torch.utils.data import DataLoader, Dataset
+
+from trainer import data, models, runtime
+from trainer.loop import evaluate, make_loader
+from trainer.transforms import Preprocessing, eval_transform, load_rgb
+
+
+def _load(model_dir: str | Path, accelerator: Accelerator) -> tuple[torch.nn.Module, dict, Preprocessing]:
+    model, meta = models.load_model_folder(model_dir)
+    return accelerator.prepare(model), meta, Preprocessing.from_dict(meta["preprocessing"])
+
+
+def evaluate_folder(model_dir: str | Path, data_dir: str | Path, split: str, batch_size: int, workers: int | None) -> dict[str, Any]:
+    """Metrics of the model folder on a labelled class-per-folder tree."""
+    accelerator = Accelerator()
+    try:
+        model, meta, pre = _load(model_dir, accelerator)
+        items = data.labelled_items(data_dir, meta["class_names"], split)
+        ds = data.to_hf_dataset(items, meta["class_names"], eval_transform(pre))
+        n_workers = runtime.auto_num_workers(workers, accelerator.num_processes)
+        loader = accelerator.prepare(make_loader(ds, batch_size, train=False, workers=n_workers, seed=0))
+        result = evaluate(model, loader, accelerator, len(meta["class_names"]), "eval")
+        result["class_names"] = meta["class_names"]
+        return result
+    finally:
+        runtime.shutdown(accelerator)
+
+
+class _PathDataset(Dataset):
+    """Images by path; an unreadable file yields ok=False instead of raising."""
+
+    def __init__(self, paths: list[str], pre: Preprocessing):
+        self.paths, self.pre, self.transform = paths, pre, eval_transform(pre)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            pixels, ok, error = self.transform(load_rgb(self.paths[i])), True, ""
+        except Exception as e:  # any decode failure: report the file, keep going
+            size = self.pre.image_size
+            pixels, ok, error = torch.zeros(3, size, size), False, f"{type(e).__name__}: {e}"
+        return {"pixel_values": pixels, "index": i, "ok": ok, "error": error}
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+    """Files as given, folders expanded to the images below them."""
+    out: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            out.extend(data.list_images(path))
+        elif path.is_file():
+            out.append(str(path))
+        else:
+            raise FileNotFoundError(f"{p!r}: no such file or folder")
+    return out
+
+
+def predict_paths(model_dir: str | Path, paths: list[str], topk: int, batch_size: int, workers: int | None) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Top-k labels and probabilities per readable image, plus (path, reason) for unreadable ones."""
+    accelerator = Accelerator()
+    try:
+        model, meta, pre = _load(model_dir, accelerator)
+        names = meta["class_names"]
+        files = expand_paths(paths)
+        if not files:
+            raise FileNotFoundError(f"no images found in {paths}")
+        k = max(1, min(topk, len(names)))
+        n_workers = runtime.auto_num_workers(workers, accelerator.num_processes)
+        loader = accelerator.prepare(DataLoader(_PathDataset(files, pre), batch_size=batch_size, num_workers=n_workers))
+        rows, bad = [], []
+        model.eval()
+        with torch.no_grad():
+            for batch in runtime.progress(loader, "predict", accelerator):
+                probs = model(batch["pixel_values"]).float().softmax(dim=1)
+                p, idx = probs.topk(k, dim=1)
+                p, idx, index, ok = accelerator.gather_for_metrics((p, idx, batch["index"], batch["ok"]))
+                for pi, ii, i, good in zip(p.tolist(), idx.tolist(), index.tolist(), ok.tolist()):
+                    if good:
+                        rows.append({"path": files[i], "labels": [names[j] for j in ii], "probabilities": pi})
+                bad.extend((files[i], e) for i, e, good in zip(batch["index"].tolist(), batch["error"], batch["ok"].tolist()) if not good)
+        bad = sorted({b for part in gather_object([bad]) for b in part})  # dedupe DDP's padding
+        rows.sort(key=lambda r: r["path"])
+        return rows, bad
+    finally:
+        runtime.shutdown(accelerator)
+
+
+def write_predictions(rows: list[dict], out: Path, topk: int) -> None:
+    """CSV (path, label, probability, label_2, probability_2, ...) or JSON by the file's suffix."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".json":
+        out.write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
+        return
+    k = max((len(r["labels"]) for r in rows), default=1)
+    header = ["path", "label", "probability"]
+    for j in range(2, k + 1):
+        header += [f"label_{j}", f"probability_{j}"]
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in rows:
+            cells = [r["path"]]
+            for label, prob in zip(r["labels"], r["probabilities"]):
+                cells += [label, f"{prob:.6f}"]
+            w.writerow(cells)

@@ -1,0 +1,361 @@
+"""run(cfg) -> fit() -> train_epoch() / evaluate(): the whole training run, top to bottom.
+
+Accelerate does devices, DDP, mixed precision and gradient accumulation. Each phase re-prepares
+the model: DDP registers the parameters that require gradients when it wraps the model, so a
+backbone unfrozen in phase 2 would otherwise never have its gradients all-reduced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from trainer import checkpoint, data, metrics, models, optim, runtime
+from trainer.config import ConfigError, PhaseConfig, RunConfig, dump_yaml
+from trainer.tracking import Tracker, accelerate_log_with
+from trainer.transforms import Preprocessing, eval_transform, train_transform
+
+RUN_FILES = ("config.yaml", "env.json", "metrics.jsonl", "summary.json", "splits.csv", "checkpoints", "model")
+
+
+@dataclass
+class Progress:
+    """Counters and best-so-far that carry across phases (and into checkpoints)."""
+
+    step: int = 0  # optimizer updates so far, all phases
+    epoch: int = 0  # epochs completed, all phases
+    best_val_accuracy: float | None = None
+    best_val_loss: float | None = None
+    best_epoch: int | None = None
+
+    def improves(self, val: dict[str, Any]) -> bool:
+        """Higher val accuracy wins; a tie goes to the lower val loss."""
+        if self.best_val_accuracy is None:
+            return True
+        if val["accuracy"] != self.best_val_accuracy:
+            return val["accuracy"] > self.best_val_accuracy
+        return val["loss"] < self.best_val_loss
+
+
+def make_accelerator(cfg: RunConfig) -> Accelerator:
+    return Accelerator(
+        mixed_precision=cfg.train.mixed_precision,  # None: the launcher's / accelerate config's
+        gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        log_with=accelerate_log_with(cfg.tracking) or None,
+        # Same shuffling on every rank from train.seed (+ epoch), so the shards partition one order.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.train.seed),
+        step_scheduler_with_optimizer=False,  # we step our per-update schedule ourselves
+    )
+
+
+def prepare_run_dir(cfg: RunConfig, accelerator: Accelerator) -> Path:
+    """Refuse to clobber a finished run, then write config.yaml and env.json (main process)."""
+    run_dir = Path(cfg.output_dir)
+    finished = (run_dir / "summary.json").exists() or (run_dir / "checkpoints").exists()
+    if finished and not cfg.overwrite:
+        raise ConfigError(
+            f"output_dir: {str(run_dir)!r} already holds a run; pick another output_dir, "
+            f"or pass overwrite=true to replace it"
+        )
+    accelerator.wait_for_everyone()  # every rank has checked before the main one deletes
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            target = run_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+        env = runtime.provenance(accelerator.num_processes, accelerator.device)
+        (run_dir / "env.json").write_text(json.dumps(env, indent=2), encoding="utf-8")
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def make_loader(
+    ds, batch_size: int, *, train: bool, workers: int, seed: int, drop_last: bool = False
+) -> DataLoader:
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=drop_last,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed) if train else None,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+    )
+
+
+def param_checksum(model: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes: equal on all ranks iff DDP kept them in sync."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator: Accelerator, num_classes: int, desc: str = "eval") -> dict:
+    """Loss, top-1/top-5, per-class accuracy and confusion over `loader`, each sample once."""
+    model.eval()
+    k = min(5, num_classes)
+    tops, labels, losses = [], [], []
+    for batch in runtime.progress(loader, desc, accelerator):
+        logits = model(batch["pixel_values"]).float()
+        loss = F.cross_entropy(logits, batch["label"], reduction="none")
+        top = logits.topk(k, dim=1).indices
+        # gather_for_metrics drops the duplicates DDP adds to even out the last batch.
+        top, label, loss = accelerator.gather_for_metrics((top, batch["label"], loss))
+        tops.append(top.cpu())
+        labels.append(label.cpu())
+        losses.append(loss.cpu())
+    if not tops:
+        return {"samples": 0}
+    return metrics.classification_metrics(torch.cat(tops), torch.cat(labels), torch.cat(losses), num_classes)
+
+
+def train_epoch(model, loader, optimizer, scheduler, accelerator, tracker, progress, phase) -> dict:
+    """One pass over the training data; returns mean loss and running accuracy (augmented)."""
+    model.train()
+    device = accelerator.device
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = torch.zeros((), device=device, dtype=torch.long)
+    bar = runtime.progress(loader, f"{phase.name} epoch {progress.epoch + 1}", accelerator)
+    for batch in bar:
+        with accelerator.accumulate(model):
+            logits = model(batch["pixel_values"])
+            loss = F.cross_entropy(logits.float(), batch["label"])
+            accelerator.backward(loss)
+            optimizer.step()  # a no-op on accumulation micro-steps
+            optimizer.zero_grad(set_to_none=True)
+        n = batch["label"].numel()
+        loss_sum += loss.detach().double() * n  # stays on device: no CPU-GPU sync per step
+        correct += (logits.detach().argmax(dim=1) == batch["label"]).sum()
+        seen += n
+        if accelerator.sync_gradients:
+            lr = optimizer.param_groups[0]["lr"]  # the rate this update used
+            scheduler.step()
+            progress.step += 1
+            if progress.step % tracker.log_every == 0:
+                value = loss.item()  # CPU-GPU sync point, once per log_every updates
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+                tracker.log("train", step=progress.step, epoch=progress.epoch + 1, phase=phase.name, loss=value, lr=lr)
+    totals = accelerator.reduce(torch.stack([loss_sum, correct.double(), seen.double()]), reduction="sum")
+    loss_sum, correct, seen = totals.tolist()
+    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "samples": int(seen)}
+
+
+def _summary_of(result: dict, prefix: str) -> dict:
+    keys = ("loss", "accuracy", "top5_accuracy", "samples")
+    return {f"{prefix}_{k}": result[k] for k in keys if k in result}
+
+
+class Run:
+    """Everything one training run holds; `fit()` and `test()` read top to bottom."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.accelerator = make_accelerator(cfg)
+        self.run_dir = prepare_run_dir(cfg, self.accelerator)
+        self.print = self.accelerator.print
+        set_seed(cfg.train.seed)
+        self.index = data.scan(cfg.data)
+        self.class_names = self.index.class_names
+        with self.accelerator.main_process_first():  # one download of pretrained weights
+            self.model, pre = models.build_model(cfg.model, len(self.class_names))
+        self.pre: Preprocessing = pre.with_size(cfg.data.image_size)
+        self.datasets = {
+            split: data.to_hf_dataset(
+                items,
+                self.class_names,
+                train_transform(self.pre, cfg.data) if split == "train" else eval_transform(self.pre),
+            )
+            for split, items in self.index.splits.items()
+        }
+        self.workers = runtime.auto_num_workers(cfg.data.num_workers, self.accelerator.num_processes)
+        self.tracker = Tracker(self.accelerator, self.run_dir, cfg)
+        self.progress = Progress()
+        if self.accelerator.is_main_process:
+            data.write_splits_csv(self.index, self.run_dir / "splits.csv")
+        self._describe()
+
+    def _describe(self) -> None:
+        a, cfg = self.accelerator, self.cfg
+        for note in self.index.notes:
+            self.print(f"note: {note}")
+        counts = ", ".join(f"{s} {n}" for s, n in self.index.counts().items())
+        self.print(
+            f"data: {self.index.root} ({self.index.layout}), {len(self.class_names)} classes, {counts}\n"
+            f"model: {cfg.model.name} (pretrained={cfg.model.pretrained}), {cfg.model.head} head, "
+            f"input {self.pre.image_size}px\n"
+            f"run: {a.num_processes} process(es) on {a.device.type}, mixed_precision={a.mixed_precision}, "
+            f"batch {cfg.train.batch_size}/process x {cfg.train.grad_accum_steps} accumulation, "
+            f"{self.workers} loader workers/process -> {self.run_dir}"
+        )
+
+    def loaders(self) -> tuple[DataLoader, DataLoader | None]:
+        cfg = self.cfg.train
+        train_ds = self.datasets["train"]
+        # Drop the ragged last batch when there is a full one: a batch of 1 breaks BatchNorm.
+        full = len(train_ds) >= cfg.batch_size * self.accelerator.num_processes
+        train = make_loader(
+            train_ds, cfg.batch_size, train=True, workers=self.workers, seed=cfg.seed, drop_last=full
+        )
+        val = None
+        if "val" in self.datasets:
+            val = make_loader(self.datasets["val"], self.eval_batch_size, train=False, workers=self.workers, seed=cfg.seed)
+        return train, val
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.cfg.train.eval_batch_size or 2 * self.cfg.train.batch_size
+
+    def fit(self) -> None:
+        a = self.accelerator
+        model = self.model
+        for phase_index, phase in enumerate(self.cfg.train.phases):
+            model = a.unwrap_model(model, keep_fp32_wrapper=False)
+            a.free_memory()  # forget the previous phase's wrapped objects before re-preparing
+            models.set_frozen(model, phase.freeze)
+            optimizer = optim.build_optimizer(model, phase.optim)
+            train_loader, val_loader = self.loaders()
+            model, optimizer, train_loader = a.prepare(model, optimizer, train_loader)
+            if val_loader is not None:
+                val_loader = a.prepare(val_loader)
+            steps_per_epoch = math.ceil(len(train_loader) / self.cfg.train.grad_accum_steps)
+            scheduler = optim.build_scheduler(optimizer, phase.optim, steps_per_epoch, phase.epochs)
+            a.register_for_checkpointing(scheduler)
+            self.print(
+                f"phase {phase_index + 1}/{len(self.cfg.train.phases)} '{phase.name}': {phase.epochs} epochs, "
+                f"freeze={phase.freeze}, {phase.optim.optimizer} lr {phase.optim.lr:g} "
+                f"(head x{phase.optim.head_lr_mult:g}), {phase.optim.scheduler} schedule, "
+                f"{models.count_trainable(a.unwrap_model(model)):,} trainable parameters"
+            )
+            for _ in range(phase.epochs):
+                self._epoch(model, optimizer, scheduler, train_loader, val_loader, phase, phase_index)
+        self.model = a.unwrap_model(model, keep_fp32_wrapper=False)
+        self.wrapped = model
+
+    def _epoch(self, model, optimizer, scheduler, train_loader, val_loader, phase: PhaseConfig, phase_index: int) -> None:
+        a, p = self.accelerator, self.progress
+        train_loader.set_epoch(p.epoch)
+        start = time.perf_counter()
+        train = train_epoch(model, train_loader, optimizer, scheduler, a, self.tracker, p, phase)
+        seconds = time.perf_counter() - start
+        p.epoch += 1
+        val = evaluate(model, val_loader, a, len(self.class_names), "val") if val_loader is not None else {}
+        values = {
+            "train_loss": train["loss"],
+            "train_accuracy": train["accuracy"],
+            **(_summary_of(val, "val") if val.get("samples") else {}),
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": round(seconds, 3),
+            "images_per_second": round(train["samples"] / seconds, 1),
+        }
+        self.tracker.log("epoch", step=p.step, epoch=p.epoch, phase=phase.name, **values)
+        shown = f"val acc {val['accuracy']:.4f} loss {val['loss']:.4f}" if val.get("samples") else "no val split"
+        self.print(
+            f"epoch {p.epoch} [{phase.name}] train loss {train['loss']:.4f} acc {train['accuracy']:.4f} | "
+            f"{shown} | {seconds:.1f}s, {values['images_per_second']:.0f} img/s"
+        )
+        # Without a val split the last epoch is the one kept.
+        if not val.get("samples") or p.improves(val):
+            if val.get("samples"):
+                p.best_val_accuracy, p.best_val_loss, p.best_epoch = val["accuracy"], val["loss"], p.epoch
+            self._save_model(model, val)
+        if self.cfg.checkpoint.enabled:
+            state = {"phase_index": phase_index, "phase": phase.name, **p.__dict__}
+            checkpoint.save_checkpoint(a, self.run_dir / "checkpoints", p.step, state, self.cfg.checkpoint.keep_last)
+
+    def _save_model(self, model, val: dict) -> None:
+        a = self.accelerator
+        if a.is_main_process:
+            extra = {
+                "selected": {"epoch": self.progress.epoch, "val_accuracy": val.get("accuracy"), "val_loss": val.get("loss")},
+                "trainer_version": runtime._version("trainer"),
+            }
+            models.save_model_folder(
+                a.unwrap_model(model), self.run_dir / "model", self.cfg.model, self.class_names, self.pre, extra
+            )
+        a.wait_for_everyone()
+
+    def test(self) -> dict:
+        """Evaluate the best model (the one in RUN_DIR/model) on the test split."""
+        if "test" not in self.datasets:
+            return {}
+        a = self.accelerator
+        a.unwrap_model(self.wrapped).load_state_dict(load_file(self.run_dir / "model" / "model.safetensors"))
+        loader = a.prepare(
+            make_loader(self.datasets["test"], self.eval_batch_size, train=False, workers=self.workers, seed=0)
+        )
+        result = evaluate(self.wrapped, loader, a, len(self.class_names), "test")
+        self.tracker.log("test", step=self.progress.step, epoch=self.progress.epoch, phase="test", **_summary_of(result, "test"))
+        return result
+
+    def summarize(self, test: dict, train_seconds: float) -> dict:
+        a, p = self.accelerator, self.progress
+        checksums = gather_object([param_checksum(a.unwrap_model(self.wrapped))])
+        summary = {
+            "best_val_accuracy": p.best_val_accuracy,
+            "best_val_loss": p.best_val_loss,
+            "best_epoch": p.best_epoch,
+            **_summary_of(test, "test"),
+            "test_per_class_accuracy": test.get("per_class_accuracy"),
+            "test_confusion_matrix": test.get("confusion_matrix"),
+            "class_names": self.class_names,
+            "epochs": p.epoch,
+            "steps": p.step,
+            "phases": [ph.name for ph in self.cfg.train.phases],
+            "samples": self.index.counts(),
+            "train_seconds": round(train_seconds, 3),
+            "world_size": a.num_processes,
+            "mixed_precision": a.mixed_precision,
+            "weights_in_sync": len(set(checksums)) == 1,
+            "model_dir": str(self.run_dir / "model"),
+        }
+        if a.is_main_process:
+            text = json.dumps(summary, indent=2, ensure_ascii=False)
+            (self.run_dir / "summary.json").write_text(text, encoding="utf-8")
+        return summary
+
+
+def run(cfg: RunConfig) -> dict:
+    """Train, select the best epoch on val, test it, write the run folder; returns the summary."""
+    r = Run(cfg)
+    ok = False
+    try:
+        start = time.perf_counter()
+        r.fit()
+        train_seconds = time.perf_counter() - start
+        test = r.test()
+        summary = r.summarize(test, train_seconds)
+        sync_cmd = r.tracker.finish()
+        line = f"test accuracy {test['accuracy']:.4f} on {test['samples']} images" if test else "no test split"
+        best = f"{summary['best_val_accuracy']:.4f}" if summary["best_val_accuracy"] is not None else "n/a"
+        r.print(
+            f"done in {train_seconds:.1f}s: best val accuracy {best} (epoch {summary['best_epoch']}), {line}\n"
+            f"model: {r.run_dir / 'model'}   (trainer predict {r.run_dir / 'model'} IMAGES...)"
+        )
+        if sync_cmd:
+            r.print(f"W&B offline run: upload it with `{sync_cmd}`")
+        if not summary["weights_in_sync"]:
+            print("warning: model weights differ across processes; DDP lost sync", file=sys.stderr)
+        ok = True
+        return summary
+    finally:
+        runtime.shutdown(r.accelerator, barrier=ok)

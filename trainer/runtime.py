@@ -1,0 +1,94 @@
+"""Process-level concerns: worker counts, provenance of a run, clean distributed shutdown."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+
+def auto_num_workers(requested: int | None, local_processes: int) -> int:
+    """DataLoader workers per process: as asked, else the CPUs left per process (max 8)."""
+    if requested is not None:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(8, cpus // max(1, local_processes) - 1))
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_sha() -> str | None:
+    """The commit of the trainer source in use, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(world_size: int, device: torch.device) -> dict[str, Any]:
+    """What produced a run: versions, commit, machine; stored in RUN_DIR/env.json."""
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "git_sha": git_sha(),
+        "versions": {
+            p: _version(p)
+            for p in ("trainer", "torch", "torchvision", "accelerate", "datasets", "safetensors", "timm", "wandb")
+        },
+        "world_size": world_size,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "command": sys.argv,
+    }
+
+
+def progress(iterable: Iterable, desc: str, accelerator) -> tqdm:
+    """A progress bar on the local main process; in logs (not a terminal) a line every 30 s."""
+    tty = sys.stderr.isatty()
+    return tqdm(
+        iterable,
+        desc=desc,
+        leave=False,
+        disable=not accelerator.is_local_main_process,
+        mininterval=0.1 if tty else 30.0,
+        dynamic_ncols=tty,
+    )
+
+
+def shutdown(accelerator, barrier: bool = True) -> None:
+    """End trackers, then tear the process group down while every rank is still alive.
+
+    Leaving a gloo/NCCL group to the interpreter's exit lets its C++ threads be destroyed during
+    static destruction, which aborts with "terminate called without an active exception".
+    After an error no barrier is entered: the other ranks may never reach it.
+    """
+    if barrier:
+        accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
