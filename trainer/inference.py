@@ -28,7 +28,7 @@ def _load(model_dir: str | Path, accelerator: Accelerator) -> tuple[torch.nn.Mod
 
 def evaluate_folder(model_dir: str | Path, data_dir: str | Path, split: str, batch_size: int, workers: int | None) -> dict[str, Any]:
     """Metrics of the model folder on a labelled class-per-folder tree."""
-    accelerator = Accelerator()
+    accelerator = runtime.make_accelerator()
     try:
         model, meta, pre = _load(model_dir, accelerator)
         items = data.labelled_items(data_dir, meta["class_names"], split)
@@ -76,7 +76,7 @@ def expand_paths(paths: list[str]) -> list[str]:
 
 def predict_paths(model_dir: str | Path, paths: list[str], topk: int, batch_size: int, workers: int | None) -> tuple[list[dict], list[tuple[str, str]]]:
     """Top-k labels and probabilities per readable image, plus (path, reason) for unreadable ones."""
-    accelerator = Accelerator()
+    accelerator = runtime.make_accelerator()
     try:
         model, meta, pre = _load(model_dir, accelerator)
         names = meta["class_names"]

@@ -52,7 +52,7 @@ class Progress:
 
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
-    return Accelerator(
+    return runtime.make_accelerator(
         mixed_precision=cfg.train.mixed_precision,  # None: the launcher's / accelerate config's
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
         log_with=accelerate_log_with(cfg.tracking) or None,

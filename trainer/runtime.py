@@ -18,6 +18,26 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 
+def has_accelerator_device() -> bool:
+    """CUDA (or another torch accelerator: MPS, XPU) is usable in this process."""
+    acc = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if acc is not None and hasattr(acc, "is_available"):
+        return bool(acc.is_available())
+    return torch.cuda.is_available()
+
+
+def make_accelerator(**kwargs: Any):
+    """An Accelerator that also distributes on CPU-only machines.
+
+    Without `cpu=True`, accelerate treats processes started by `accelerate launch` with a
+    MULTI_GPU config on a machine without CUDA as independent single processes; with it they
+    form one gloo process group (DistributedType.MULTI_CPU).
+    """
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not has_accelerator_device(), **kwargs)
+
+
 def auto_num_workers(requested: int | None, local_processes: int) -> int:
     """DataLoader workers per process: as asked, else the CPUs left per process (max 8)."""
     if requested is not None:

@@ -1,0 +1,90 @@
+"""Shared fixtures: small generated image folders, a free port, a subprocess runner."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Nothing in the tests may reach the network: fail fast instead of trying downloads.
+os.environ.setdefault("TRAINER_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+COLORS = [(220, 40, 40), (40, 200, 60), (40, 70, 220), (230, 200, 40), (200, 60, 220)]
+
+
+def write_class_images(folder: Path, cls: int, n: int, size: int = 40, seed: int = 0) -> list[Path]:
+    """n noisy images whose mean colour and a bar position depend on the class: learnable in 2 epochs."""
+    rng = np.random.default_rng([seed, cls])
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        arr = rng.normal(COLORS[cls % len(COLORS)], 25, size=(size, size, 3))
+        bar = (cls * 7) % (size - 6)
+        arr[bar : bar + 6, :, :] = 255
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+        path = folder / f"img_{i:03d}.png"
+        img.save(path)
+        paths.append(path)
+    return paths
+
+
+def make_folder(root: Path, classes: list[str], per_class: int, size: int = 40, seed: int = 0) -> Path:
+    for c, name in enumerate(classes):
+        write_class_images(root / name, c, per_class, size, seed)
+    return root
+
+
+def make_pre_split(root: Path, classes: list[str], counts: dict[str, int], val_name: str = "val") -> Path:
+    for split, n in counts.items():
+        name = val_name if split == "val" else split
+        make_folder(root / name, classes, n, seed={"train": 0, "val": 1, "test": 2}[split])
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """3 classes x 20 images in one folder (ratio split)."""
+    return make_folder(tmp_path / "images", ["cat", "dog", "fox"], 20)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(*args: str, timeout: int = 600, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a console command from the venv (trainer, accelerate) and capture its output."""
+    cmd = [str(BIN / args[0]), *args[1:]]
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def accelerate_launch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Two real gloo processes through the project's CPU profile."""
+    return run_cli(
+        "accelerate",
+        "launch",
+        "--config_file",
+        str(REPO / "accelerate_configs" / "cpu.yaml"),
+        "--main_process_port",
+        str(free_port()),
+        *args,
+        timeout=timeout,
+    )
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-6000:]}"
+    assert "terminate called" not in proc.stderr, proc.stderr[-4000:]

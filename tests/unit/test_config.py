@@ -1,0 +1,106 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from trainer.config import ConfigError, RunConfig, dump_yaml, load_config
+
+
+def test_defaults_then_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {batch_size: 8, seed: 3}\ndata: {image_size: 64}\n")
+    cfg = load_config(str(path), ["train.batch_size=4", "optim.lr=1e-3"])
+    assert cfg.train.batch_size == 4  # override beats file
+    assert cfg.train.seed == 3  # file beats default
+    assert cfg.data.image_size == 64
+    assert cfg.train.grad_accum_steps == 1  # default
+    assert cfg.optim.lr == pytest.approx(1e-3)  # "1e-3" is a YAML string: coerced to float
+
+
+def test_packaged_recipe_by_name():
+    cfg = load_config("resnext101-sgd")
+    phase = cfg.train.phases[0]
+    assert cfg.model.name == "torchvision/resnext101_32x8d"
+    assert (phase.epochs, phase.optim.optimizer, phase.optim.lr, phase.optim.head_lr_mult) == (30, "sgd", 5e-5, 10)
+    assert (phase.optim.momentum, phase.optim.weight_decay, phase.optim.scheduler) == (0.9, 1e-3, "step")
+    assert (phase.optim.step_epochs, phase.optim.gamma) == (30, 0.1)
+    assert cfg.data.split == [0.7, 0.2, 0.1]
+
+
+def test_two_phase_recipe_phases_inherit_top_level_optim():
+    cfg = load_config("resnet50-two-phase", ["train.phases.1.optim.lr=2e-5"])
+    head, finetune = cfg.train.phases
+    assert (head.freeze, head.epochs, head.optim.optimizer, head.optim.lr) == ("backbone", 5, "adam", 1e-4)
+    assert (finetune.freeze, finetune.epochs, finetune.optim.optimizer, finetune.optim.lr) == ("none", 2, "adam", 2e-5)
+    assert (cfg.model.head, cfg.model.head_hidden) == ("mlp", 128)
+
+
+def test_train_epochs_sets_the_single_phase_and_is_refused_for_several():
+    assert load_config(None, ["train.epochs=3"]).train.phases[0].epochs == 3
+    with pytest.raises(ConfigError, match=r"train\.epochs.*2 phases"):
+        load_config("resnet50-two-phase", ["train.epochs=3"])
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.rooot=/x", "data.rooot"),
+        ("train.batch_size=big", "train.batch_size"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("model.head=conv", "model.head"),
+        ("data.split=[0.5,0.2]", "data.split"),
+        ("optim.lr=-1", "optim.lr"),
+        ("model.name=resnet50", "model.name"),
+        ("train.phases.3.epochs=1", "train.phases.3"),
+        ("nonsense", "nonsense"),
+    ],
+)
+def test_bad_keys_and_values_name_the_dotted_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert key in str(err.value)
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(ConfigError, match="did you mean 'data.root'"):
+        load_config(None, ["data.rooot=/x"])
+
+
+def test_pretrained_accepts_bool_or_path():
+    assert load_config(None, ["model.pretrained=false"]).model.pretrained is False
+    assert load_config(None, ["model.pretrained=true"]).model.pretrained is True
+    assert load_config(None, ["model.pretrained=w/r50.pth"]).model.pretrained == "w/r50.pth"
+
+
+def test_dump_and_reload_round_trip(tmp_path):
+    cfg = load_config("resnet50-two-phase", ["data.root=数据/角度正", "train.seed=7"])
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_yaml(cfg), encoding="utf-8")
+    assert load_config(str(path)) == cfg
+    assert isinstance(yaml.safe_load(path.read_text(encoding="utf-8")), dict)
+
+
+def test_default_config_is_valid():
+    assert isinstance(load_config(), RunConfig)
+
+
+def test_cli_config_error_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", "train", f"data.root={tmp_path}", "train.batch_size=abc"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "train.batch_size" in proc.stderr and "abc" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_missing_data_root_exits_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", "train", f"data.root={tmp_path / 'nope'}", f"output_dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "nope" in proc.stderr and "Traceback" not in proc.stderr

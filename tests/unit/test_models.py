@@ -1,0 +1,134 @@
+import os
+import pickle
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+from trainer.config import ModelConfig
+from trainer.models import (
+    ModelError,
+    build_model,
+    count_trainable,
+    load_model_folder,
+    save_model_folder,
+    set_frozen,
+)
+
+
+def test_linear_head_replaces_the_imagenet_classifier():
+    model, pre = build_model(ModelConfig(name="torchvision/resnet18", pretrained=False), 7)
+    assert isinstance(model.backbone.fc, torch.nn.Identity)
+    linear = model.head[-1]
+    assert (linear.in_features, linear.out_features) == (512, 7)
+    assert torch.all(linear.bias == 0)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 7)
+    assert (pre.image_size, pre.resize_size) == (224, 256)  # from torchvision's weight metadata
+
+
+def test_mlp_head_of_the_resnet50_recipe():
+    cfg = ModelConfig(name="torchvision/resnet50", pretrained=False, head="mlp", head_hidden=128, head_dropout=0.1)
+    model, _ = build_model(cfg, 15)
+    linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(2048, 128), (128, 15)]
+    assert any(isinstance(m, torch.nn.Dropout) for m in model.head)
+
+
+def test_non_resnet_classifier_is_found_and_replaced():
+    model, _ = build_model(ModelConfig(name="torchvision/mobilenet_v3_small", pretrained=False), 3)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+
+
+def test_freezing_leaves_only_the_head_trainable():
+    model, _ = build_model(ModelConfig(name="torchvision/resnet18", pretrained=False), 4)
+    total = sum(p.numel() for p in model.parameters())
+    head = sum(p.numel() for p in model.head.parameters())
+    set_frozen(model, "backbone")
+    assert count_trainable(model) == head == 512 * 4 + 4
+    set_frozen(model, "none")
+    assert count_trainable(model) == total
+
+
+def _reference_resnet18():
+    torch.manual_seed(123)
+    return torchvision.models.resnet18(weights=None)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_local_weights_file_loads_into_the_backbone(tmp_path, suffix):
+    ref = _reference_resnet18()
+    path = tmp_path / f"r18{suffix}"
+    if suffix == ".pth":
+        torch.save({"state_dict": ref.state_dict()}, path)  # a common checkpoint wrapper
+    else:
+        save_file(ref.state_dict(), path)
+    model, _ = build_model(ModelConfig(name="torchvision/resnet18", pretrained=str(path)), 5)
+    assert torch.equal(model.backbone.conv1.weight, ref.conv1.weight)
+    assert torch.equal(model.backbone.layer4[1].bn2.running_var, ref.layer4[1].bn2.running_var)
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    path = tmp_path / "r34.pth"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
+    with pytest.raises(ModelError, match="does not fit"):
+        build_model(ModelConfig(name="torchvision/resnet18", pretrained=str(path)), 5)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"conv1.weight": _Evil()}, f)
+    with pytest.raises(ModelError, match="weights_only"):
+        build_model(ModelConfig(name="torchvision/resnet18", pretrained=str(path)), 2)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_offline_without_cached_weights_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("TRAINER_OFFLINE", "1")
+    with pytest.raises(ModelError) as err:
+        build_model(ModelConfig(name="torchvision/resnet18", pretrained=True), 2)
+    message = str(err.value)
+    assert "resnet18-f37072fd.pth" in message  # the file to put in place
+    assert "model.pretrained=false" in message and "model.pretrained=/path" in message
+
+
+def test_cached_library_weights_are_used_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("TRAINER_OFFLINE", "1")
+    ref = _reference_resnet18()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(ref.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    model, _ = build_model(ModelConfig(name="torchvision/resnet18", pretrained=True), 2)
+    assert torch.equal(model.backbone.conv1.weight, ref.conv1.weight)
+
+
+def test_unknown_backbone_names_suggest_close_ones():
+    with pytest.raises(ModelError, match="resnet50"):
+        build_model(ModelConfig(name="torchvision/resnet5O", pretrained=False), 2)
+
+
+def test_timm_backbone_builds_with_its_own_preprocessing():
+    pytest.importorskip("timm")
+    model, pre = build_model(ModelConfig(name="timm/resnet18", pretrained=False), 3)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+    assert pre.image_size == 224 and len(pre.mean) == 3
+
+
+def test_model_folder_round_trip(tmp_path):
+    cfg = ModelConfig(name="torchvision/resnet18", pretrained=False, head="mlp", head_hidden=16)
+    model, pre = build_model(cfg, 3)
+    save_model_folder(model, tmp_path / "model", cfg, ["a", "b", "猫"], pre.with_size(32))
+    loaded, meta = load_model_folder(tmp_path / "model")
+    assert meta["class_names"] == ["a", "b", "猫"] and meta["preprocessing"]["image_size"] == 32
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    assert torch.equal(loaded(x), model(x))
+    assert not (tmp_path / "model.tmp").exists()
