@@ -88,3 +88,18 @@ def accelerate_launch(*args: str, timeout: int = 600) -> subprocess.CompletedPro
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-6000:]}"
     assert "terminate called" not in proc.stderr, proc.stderr[-4000:]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(image folder, run folder) of one short CPU training run, shared by the integration tests."""
+    base = tmp_path_factory.mktemp("trained")
+    root = make_folder(base / "images", ["cat", "dog", "fox"], 20)
+    run = base / "run"
+    proc = run_cli(
+        "trainer", "train", "--config", "cpu-smoke",
+        f"data.root={root}", f"output_dir={run}",
+        "train.epochs=2", "train.batch_size=8", "train.log_every=1",
+    )
+    assert_ok(proc)
+    return root, run

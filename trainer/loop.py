@@ -100,9 +100,13 @@ def make_loader(
 
 
 def param_checksum(model: torch.nn.Module) -> str:
-    """sha256 of every parameter's bytes: equal on all ranks iff DDP kept them in sync."""
+    """sha256 of every parameter's bytes: equal on all ranks iff DDP kept them in sync.
+
+    Buffers (BatchNorm running stats) are left out: DDP broadcasts them from rank 0 before
+    each forward, so they legitimately differ right after a training step.
+    """
     h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
+    for name, p in sorted(model.named_parameters()):
         h.update(name.encode())
         h.update(p.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -250,6 +254,8 @@ class Run:
                 self._epoch(model, optimizer, scheduler, train_loader, val_loader, phase, phase_index)
         self.model = a.unwrap_model(model, keep_fp32_wrapper=False)
         self.wrapped = model
+        # Checked before test() loads the saved best weights, which would make every rank equal.
+        self.checksums = gather_object([param_checksum(self.model)])
 
     def _epoch(self, model, optimizer, scheduler, train_loader, val_loader, phase: PhaseConfig, phase_index: int) -> None:
         a, p = self.accelerator, self.progress
@@ -309,7 +315,6 @@ class Run:
 
     def summarize(self, test: dict, train_seconds: float) -> dict:
         a, p = self.accelerator, self.progress
-        checksums = gather_object([param_checksum(a.unwrap_model(self.wrapped))])
         summary = {
             "best_val_accuracy": p.best_val_accuracy,
             "best_val_loss": p.best_val_loss,
@@ -325,7 +330,7 @@ class Run:
             "train_seconds": round(train_seconds, 3),
             "world_size": a.num_processes,
             "mixed_precision": a.mixed_precision,
-            "weights_in_sync": len(set(checksums)) == 1,
+            "weights_in_sync": len(set(self.checksums)) == 1,
             "model_dir": str(self.run_dir / "model"),
         }
         if a.is_main_process:

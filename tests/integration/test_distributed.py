@@ -1,0 +1,60 @@
+"""Real `accelerate launch` with the CPU profile: 2 processes over gloo."""
+
+import json
+
+import pytest
+
+from tests.conftest import REPO, accelerate_launch, assert_ok, make_folder, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_odd_sized_eval_counts_every_image_once_on_two_processes(trained_run, tmp_path):
+    _, run = trained_run
+    data = tmp_path / "eval37"
+    for cls, n in (("cat", 13), ("dog", 12), ("fox", 12)):
+        make_folder(data, [cls], n, seed=5)
+    single, double = tmp_path / "one.json", tmp_path / "two.json"
+    # batch 4 x 2 processes: 37 is no multiple of 8, so DDP pads the last batch with repeats.
+    assert_ok(run_cli("trainer", "eval", str(run / "model"), str(data), "--batch-size", "4", "--json", str(single)))
+    assert_ok(accelerate_launch("-m", "trainer", "eval", str(run / "model"), str(data), "--batch-size", "4", "--json", str(double)))
+    one, two = json.loads(single.read_text()), json.loads(double.read_text())
+    assert one["samples"] == two["samples"] == 37
+    assert sum(two["support"]) == 37
+    assert two["accuracy"] == pytest.approx(one["accuracy"], abs=1e-9)
+    assert two["confusion_matrix"] == one["confusion_matrix"]
+
+
+def test_two_phase_ddp_training_keeps_weights_identical_across_ranks(tmp_path):
+    root = make_folder(tmp_path / "images", ["a", "b", "c"], 14)
+    recipe = tmp_path / "two-phase.yaml"
+    recipe.write_text(
+        """
+model: {name: torchvision/resnet18, pretrained: false, head: mlp, head_hidden: 32}
+data: {image_size: 32, num_workers: 0}
+optim: {optimizer: adam, lr: 1.0e-3, head_lr_mult: 1, scheduler: constant}
+train:
+  batch_size: 6
+  phases:
+    - {name: head, epochs: 1, freeze: backbone}
+    - {name: finetune, epochs: 1, freeze: none, optim: {lr: 1.0e-4}}
+"""
+    )
+    run = tmp_path / "run"
+    proc = accelerate_launch(str(REPO / "train.py"), "--config", str(recipe), f"data.root={root}", f"output_dir={run}")
+    assert_ok(proc)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["phases"] == ["head", "finetune"] and summary["epochs"] == 2
+    # Phase 2 unfreezes the backbone; if DDP were not re-prepared its gradients would not be
+    # all-reduced and the ranks' backbones would drift apart.
+    assert summary["weights_in_sync"] is True
+    phases = [json.loads(line)["phase"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "head" in phases and "finetune" in phases
+    assert "2 process(es)" in proc.stdout
+
+
+def test_accelerates_own_self_test_passes_with_our_cpu_profile():
+    proc = run_cli("accelerate", "test", "--config_file", str(REPO / "accelerate_configs" / "cpu.yaml"), timeout=300)
+    assert_ok(proc)
+    assert "Test is a success" in proc.stdout + proc.stderr

@@ -1,0 +1,127 @@
+"""One real training run on a generated folder (CPU, `datasets`, safetensors), then its outputs."""
+
+import csv
+import json
+import shutil
+
+import pytest
+import yaml
+from PIL import Image
+
+from tests.conftest import REPO, assert_ok, make_folder, run_cli
+from trainer.config import load_config
+
+pytestmark = pytest.mark.integration
+
+
+def _events(run, event):
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == event]
+
+
+def test_run_folder_is_complete(trained_run):
+    _, run = trained_run
+    for name in ("config.yaml", "env.json", "metrics.jsonl", "summary.json", "splits.csv"):
+        assert (run / name).is_file(), name
+    assert (run / "model" / "model.safetensors").is_file()
+    meta = json.loads((run / "model" / "config.json").read_text())
+    assert meta["class_names"] == ["cat", "dog", "fox"]
+    assert meta["architecture"]["name"] == "torchvision/resnet18"
+    assert meta["preprocessing"]["image_size"] == 32
+    checkpoints = sorted((run / "checkpoints").glob("step-*"))
+    assert len(checkpoints) == 2  # one per epoch, keep_last=2
+    for ckpt in checkpoints:
+        assert (ckpt / "COMPLETE").is_file() and (ckpt / "model.safetensors").is_file()
+        assert not ckpt.name.endswith(".tmp")
+
+
+def test_summary_agrees_with_metrics_jsonl(trained_run):
+    _, run = trained_run
+    summary = json.loads((run / "summary.json").read_text())
+    epochs = _events(run, "epoch")
+    assert [e["epoch"] for e in epochs] == [1, 2] and summary["epochs"] == 2
+    for e in epochs + _events(run, "train"):
+        assert {"step", "epoch", "phase"} <= set(e)
+    assert all("loss" in e and "lr" in e for e in _events(run, "train"))
+    best = max(epochs, key=lambda e: (e["val_accuracy"], -e["val_loss"]))
+    assert summary["best_val_accuracy"] == best["val_accuracy"]
+    assert summary["best_epoch"] == best["epoch"]
+    (test,) = _events(run, "test")
+    assert summary["test_accuracy"] == test["test_accuracy"]
+    with open(run / "splits.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert summary["test_samples"] == sum(r["split"] == "test" for r in rows) == 6
+    assert summary["class_names"] == ["cat", "dog", "fox"]
+    assert summary["train_seconds"] > 0
+    assert summary["weights_in_sync"] is True
+
+
+def test_saved_config_reloads_to_the_same_config(trained_run):
+    _, run = trained_run
+    cfg = load_config(str(run / "config.yaml"))
+    assert cfg.train.phases[0].epochs == 2
+    assert yaml.safe_load((run / "config.yaml").read_text())["output_dir"] == str(run)
+
+
+def test_predict_from_the_model_folder_alone_reports_bad_files(trained_run, tmp_path):
+    root, run = trained_run
+    model = tmp_path / "handed-on-model"
+    shutil.copytree(run / "model", model)  # nothing else from the run
+    images = tmp_path / "new-photos"
+    (images / "sub").mkdir(parents=True)
+    for i, src in enumerate(sorted((root / "fox").iterdir())[:3]):
+        shutil.copy(src, images / "sub" / f"{i}.png")
+    Image.open(next((root / "cat").iterdir())).convert("L").save(images / "gray.jpg")
+    (images / "broken.jpg").write_bytes(b"not a jpeg at all")
+    out = tmp_path / "preds.csv"
+    proc = run_cli("trainer", "predict", str(model), str(images), "--topk", "2", "--out", str(out))
+    assert_ok(proc)
+    with open(out, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    assert set(rows[0]) == {"path", "label", "probability", "label_2", "probability_2"}
+    assert all(r["label"] in {"cat", "dog", "fox"} for r in rows)
+    assert all(float(r["probability"]) >= float(r["probability_2"]) for r in rows)
+    assert "broken.jpg" in proc.stderr and "1 unreadable" in proc.stdout
+
+
+def test_eval_prints_metrics_and_a_per_class_table(trained_run, tmp_path):
+    root, run = trained_run
+    out = tmp_path / "eval.json"
+    proc = run_cli("trainer", "eval", str(run / "model"), str(root), "--json", str(out))
+    assert_ok(proc)
+    result = json.loads(out.read_text())
+    assert result["samples"] == 60
+    assert all(name in proc.stdout for name in ("cat", "dog", "fox", "accuracy"))
+
+
+def test_a_finished_run_is_not_overwritten_by_accident(trained_run):
+    root, run = trained_run
+    proc = run_cli("trainer", "train", "--config", "cpu-smoke", f"data.root={root}", f"output_dir={run}")
+    assert proc.returncode == 2
+    assert "overwrite=true" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_root_train_py_is_trainer_train(tmp_path):
+    proc = run_cli("python", str(REPO / "train.py"), f"data.root={tmp_path / 'missing'}")
+    assert proc.returncode == 2 and "missing" in proc.stderr
+    help_text = run_cli("python", str(REPO / "train.py"), "--help").stdout
+    assert "trainer config --keys" in help_text
+
+
+def test_wandb_offline_run_is_written_and_keeps_secrets_out(tmp_path):
+    root = make_folder(tmp_path / "images", ["a", "b"], 8)
+    run = tmp_path / "run"
+    secret = "0123456789abcdef0123456789abcdef01234567"
+    proc = run_cli(
+        "trainer", "train", "--config", "cpu-smoke", f"data.root={root}", f"output_dir={run}",
+        "train.epochs=1", "tracking.wandb.mode=offline", "checkpoint.enabled=false",
+        env={"WANDB_API_KEY": secret},
+    )
+    assert_ok(proc)
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+    assert "wandb sync" in proc.stdout
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
