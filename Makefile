@@ -1,0 +1,30 @@
+# make demo: set up .venv and train on scikit-learn's digits (no network needed).
+# make test: set up .venv and run every test (CPU; GPU tests skip without CUDA).
+VENV ?= .venv
+PYTHON ?= python3
+# torch/torchvision for the venv; override for another CUDA/CPU build, e.g. TORCH_PIP="torch torchvision".
+TORCH_PIP ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-unit demo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet $(TORCH_PIP)
+	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: setup
+	$(VENV)/bin/python -m pytest tests -ra $(PYTEST_ARGS)
+
+test-unit: setup
+	$(VENV)/bin/python -m pytest tests/unit -q $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/trainer demo
+
+clean:
+	rm -rf runs/demo data/digits .pytest_cache
