@@ -103,8 +103,10 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     from trainer.config import RECIPES_DIR, list_recipes
 
     for name in list_recipes():
-        first = (RECIPES_DIR / f"{name}.yaml").read_text(encoding="utf-8").splitlines()[0]
-        print(f"{name:22} {first.lstrip('# ')}")
+        lines = (RECIPES_DIR / f"{name}.yaml").read_text(encoding="utf-8").splitlines()
+        header = " ".join(line.lstrip("# ") for line in lines if line.startswith("#"))
+        print(f"{name:20} {header.split('. ')[0].rstrip('.')}.")
+    print("use one with: trainer train --config NAME data.root=... ; show it: trainer config --config NAME")
     return 0
 
 
