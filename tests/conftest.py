@@ -39,13 +39,17 @@ def write_class_images(folder: Path, cls: int, n: int, size: int = 40, seed: int
     return paths
 
 
-def make_folder(root: Path, classes: list[str], per_class: int, size: int = 40, seed: int = 0) -> Path:
+def make_folder(
+    root: Path, classes: list[str], per_class: int, size: int = 40, seed: int = 0
+) -> Path:
     for c, name in enumerate(classes):
         write_class_images(root / name, c, per_class, size, seed)
     return root
 
 
-def make_pre_split(root: Path, classes: list[str], counts: dict[str, int], val_name: str = "val") -> Path:
+def make_pre_split(
+    root: Path, classes: list[str], counts: dict[str, int], val_name: str = "val"
+) -> Path:
     for split, n in counts.items():
         name = val_name if split == "val" else split
         make_folder(root / name, classes, n, seed={"train": 0, "val": 1, "test": 2}[split])
@@ -64,11 +68,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_cli(*args: str, timeout: int = 600, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, timeout: int = 600, cwd: Path = REPO, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run a console command from the venv (trainer, accelerate) and capture its output."""
     cmd = [str(BIN / args[0]), *args[1:]]
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
 
 
 def accelerate_launch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -86,7 +94,9 @@ def accelerate_launch(*args: str, timeout: int = 600) -> subprocess.CompletedPro
 
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-6000:]}"
+    )
     assert "terminate called" not in proc.stderr, proc.stderr[-4000:]
 
 
@@ -97,9 +107,15 @@ def trained_run(tmp_path_factory) -> tuple[Path, Path]:
     root = make_folder(base / "images", ["cat", "dog", "fox"], 20)
     run = base / "run"
     proc = run_cli(
-        "trainer", "train", "--config", "cpu-smoke",
-        f"data.root={root}", f"output_dir={run}",
-        "train.epochs=2", "train.batch_size=8", "train.log_every=1",
+        "trainer",
+        "train",
+        "--config",
+        "cpu-smoke",
+        f"data.root={root}",
+        f"output_dir={run}",
+        "train.epochs=2",
+        "train.batch_size=8",
+        "train.log_every=1",
     )
     assert_ok(proc)
     return root, run

@@ -40,7 +40,9 @@ def save_checkpoint(
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
+        (tmp / "trainer_state.json").write_text(
+            json.dumps(trainer_state, indent=2), encoding="utf-8"
+        )
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         (final / COMPLETE).write_text("ok\n")

@@ -24,8 +24,14 @@ every key, its type, default and meaning: trainer config --keys
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="RECIPE|FILE.yaml", help="packaged recipe name (see `trainer recipes`) or a YAML file")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, applied last")
+    p.add_argument(
+        "--config",
+        metavar="RECIPE|FILE.yaml",
+        help="packaged recipe name (see `trainer recipes`) or a YAML file",
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted config overrides, applied last"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,22 +54,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="metrics of a model folder on a labelled image folder")
     p.add_argument("model_dir", help="a model folder (RUN_DIR/model)")
     p.add_argument("data_dir", help="class sub-folders, or a pre-split folder")
-    p.add_argument("--split", default="auto", help="train, val or test of a pre-split folder (default: test, else val)")
+    p.add_argument(
+        "--split",
+        default="auto",
+        help="train, val or test of a pre-split folder (default: test, else val)",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--json", metavar="FILE", help="also write all metrics as JSON")
 
     p = sub.add_parser("predict", help="top-k labels for image files or folders, as CSV or JSON")
     p.add_argument("model_dir", help="a model folder (RUN_DIR/model)")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
-    p.add_argument("--out", default="predictions.csv", help="output file; .json for JSON (default: predictions.csv)")
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)"
+    )
+    p.add_argument(
+        "--out",
+        default="predictions.csv",
+        help="output file; .json for JSON (default: predictions.csv)",
+    )
     p.add_argument("--topk", type=int, default=1, help="labels per image, best first (default: 1)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=None)
 
     p = sub.add_parser("config", help="print the resolved config, or every key with --keys")
     _add_config_args(p)
-    p.add_argument("--keys", action="store_true", help="list every config key with type, default and meaning")
+    p.add_argument(
+        "--keys", action="store_true", help="list every config key with type, default and meaning"
+    )
 
     sub.add_parser("recipes", help="list the packaged recipes")
 
@@ -72,9 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="write scikit-learn's digits as an image folder and train on it (no network)",
         description="Writes the 1,797 digits to DATA as PNGs, trains the 'digits' recipe, prints test accuracy.",
     )
-    p.add_argument("--data", default="data/digits", help="where to write the digits folder (default: data/digits)")
+    p.add_argument(
+        "--data",
+        default="data/digits",
+        help="where to write the digits folder (default: data/digits)",
+    )
     p.add_argument("--output-dir", default="runs/demo", help="run folder (default: runs/demo)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides on top of the digits recipe")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides on top of the digits recipe",
+    )
     return parser
 
 
@@ -106,7 +133,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         lines = (RECIPES_DIR / f"{name}.yaml").read_text(encoding="utf-8").splitlines()
         header = " ".join(line.lstrip("# ") for line in lines if line.startswith("#"))
         print(f"{name:20} {header.split('. ')[0].rstrip('.')}.")
-    print("use one with: trainer train --config NAME data.root=... ; show it: trainer config --config NAME")
+    print(
+        "use one with: trainer train --config NAME data.root=... ; show it: trainer config --config NAME"
+    )
     return 0
 
 
@@ -115,35 +144,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from trainer.inference import evaluate_folder
 
-    result = evaluate_folder(args.model_dir, args.data_dir, args.split, args.batch_size, args.num_workers)
+    result = evaluate_folder(
+        args.model_dir, args.data_dir, args.split, args.batch_size, args.num_workers
+    )
     if not _is_main():
         return 0
     names = result["class_names"]
-    print(f"samples {result['samples']}  accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}", end="")
+    print(
+        f"samples {result['samples']}  accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}",
+        end="",
+    )
     print(f"  top5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else "")
     print(f"{'class':24} {'support':>8} {'accuracy':>9}")
     for name, n, acc in zip(names, result["support"], result["per_class_accuracy"]):
         print(f"{name:24} {n:8d} {acc if acc is None else format(acc, '.4f'):>9}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+        Path(args.json).write_text(
+            json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8"
+        )
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from trainer.inference import predict_paths, write_predictions
-
     from trainer.config import ConfigError
+    from trainer.inference import predict_paths, write_predictions
 
     if args.topk < 1:
         raise ConfigError(f"--topk: expected >= 1, got {args.topk}")
-    rows, bad = predict_paths(args.model_dir, args.paths, args.topk, args.batch_size, args.num_workers)
+    rows, bad = predict_paths(
+        args.model_dir, args.paths, args.topk, args.batch_size, args.num_workers
+    )
     if not _is_main():
         return 0
     out = Path(args.out)
     write_predictions(rows, out, args.topk)
     for path, reason in bad:
         print(f"skipped unreadable image {path}: {reason}", file=sys.stderr)
-    print(f"{len(rows)} predictions -> {out}" + (f"; {len(bad)} unreadable files skipped" if bad else ""))
+    print(
+        f"{len(rows)} predictions -> {out}"
+        + (f"; {len(bad)} unreadable files skipped" if bad else "")
+    )
     return 0
 
 
@@ -153,7 +193,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     folder = write_digits(args.data)
     print(f"digits image folder: {folder}")
-    overrides = [f"data.root={folder}", f"output_dir={args.output_dir}", "overwrite=true", *args.overrides]
+    overrides = [
+        f"data.root={folder}",
+        f"output_dir={args.output_dir}",
+        "overwrite=true",
+        *args.overrides,
+    ]
     cfg = load_config("digits", overrides)
     from trainer.loop import run
 

@@ -45,7 +45,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if len(self.split) != 3 or any(r < 0 for r in self.split):
-            raise ConfigError(f"split: expected three ratios >= 0 (train, val, test), got {self.split}")
+            raise ConfigError(
+                f"split: expected three ratios >= 0 (train, val, test), got {self.split}"
+            )
         if abs(sum(self.split) - 1.0) > 1e-6 or self.split[0] <= 0:
             raise ConfigError(f"split: ratios must sum to 1 with train > 0, got {self.split}")
         if self.image_size is not None and not 16 <= self.image_size <= 4096:
@@ -227,11 +229,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[-1] if len(errors) == 1 else f"{key}: {value!r} fits none of {_type_name(tp)}")
+        raise ConfigError(
+            errors[-1] if len(errors) == 1 else f"{key}: {value!r} fits none of {_type_name(tp)}"
+        )
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{key}: expected one of {', '.join(map(str, choices))}; got {value!r}")
+            raise ConfigError(
+                f"{key}: expected one of {', '.join(map(str, choices))}; got {value!r}"
+            )
         return value
     if origin is list:
         if isinstance(value, str):
@@ -291,7 +297,9 @@ def _build(cls: type, values: dict, prefix: str) -> Any:
         if k not in names:
             hint = difflib.get_close_matches(str(k), names, n=1)
             more = f" (did you mean '{prefix + '.' if prefix else ''}{hint[0]}'?)" if hint else ""
-            raise ConfigError(f"unknown config key '{key}'{more}; `trainer config --keys` lists them")
+            raise ConfigError(
+                f"unknown config key '{key}'{more}; `trainer config --keys` lists them"
+            )
         kwargs[k] = _coerce(v, hints[k], key)
     try:
         return cls(**kwargs)
@@ -325,7 +333,9 @@ def _default_tree() -> dict:
 def _deep_merge(base: dict, top: dict) -> dict:
     out = dict(base)
     for k, v in top.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 
@@ -348,9 +358,7 @@ def _resolve_phases(tree: dict) -> None:
     root_optim = tree.get("optim") or {}
     if not isinstance(root_optim, dict):
         raise ConfigError(f"optim: expected a mapping, got {root_optim!r}")
-    train["phases"] = [
-        {**p, "optim": {**root_optim, **(p.get("optim") or {})}} for p in phases
-    ]
+    train["phases"] = [{**p, "optim": {**root_optim, **(p.get("optim") or {})}} for p in phases]
 
 
 def parse_override(text: str) -> tuple[str, Any]:

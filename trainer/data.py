@@ -26,7 +26,13 @@ from trainer.transforms import load_rgb
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
-SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
 SPLITS = ("train", "val", "test")
 
 
@@ -93,7 +99,9 @@ def scan(cfg: DataConfig) -> DataIndex:
     if not cfg.root:
         raise DataError("data.root is not set: pass data.root=/path/to/images")
     root = find_image_root(Path(cfg.root).expanduser())
-    split_dirs = {SPLIT_ALIASES[p.name.lower()]: p for p in _subdirs(root) if p.name.lower() in SPLIT_ALIASES}
+    split_dirs = {
+        SPLIT_ALIASES[p.name.lower()]: p for p in _subdirs(root) if p.name.lower() in SPLIT_ALIASES
+    }
     if "train" in split_dirs:
         return _scan_pre_split(root, split_dirs, cfg)
     return _scan_and_split(root, cfg)
@@ -138,7 +146,9 @@ def _scan_pre_split(root: Path, split_dirs: dict[str, Path], cfg: DataConfig) ->
     if "val" not in index.splits:
         # No val/ folder: hold out the val share of train, stratified, so model selection still works.
         val_ratio = cfg.split[1] / (cfg.split[0] + cfg.split[1])
-        parts = stratified_split(index.splits["train"], [1 - val_ratio, val_ratio, 0.0], cfg.split_seed)
+        parts = stratified_split(
+            index.splits["train"], [1 - val_ratio, val_ratio, 0.0], cfg.split_seed
+        )
         index.splits["train"], index.splits["val"] = parts[0], parts[1]
         notes.append(f"no val/ folder: held out {val_ratio:.0%} of train/ as validation")
     return index
@@ -188,25 +198,33 @@ def stratified_split(
     return [sorted(p) for p in parts]
 
 
-def labelled_items(folder: str | Path, class_names: list[str], split: str = "auto") -> list[tuple[str, int]]:
+def labelled_items(
+    folder: str | Path, class_names: list[str], split: str = "auto"
+) -> list[tuple[str, int]]:
     """(path, label) pairs of a class-per-folder tree, labelled by a trained model's class names.
 
     `folder` may be pre-split; `split` picks train/val/test ("auto": test, else val, else train).
     """
     root = find_image_root(Path(folder).expanduser())
-    split_dirs = {SPLIT_ALIASES[p.name.lower()]: p for p in _subdirs(root) if p.name.lower() in SPLIT_ALIASES}
+    split_dirs = {
+        SPLIT_ALIASES[p.name.lower()]: p for p in _subdirs(root) if p.name.lower() in SPLIT_ALIASES
+    }
     if split_dirs:
         if split == "auto":
             split = next(s for s in ("test", "val", "train") if s in split_dirs)
         if split not in split_dirs:
-            raise DataError(f"--split {split}: {root} has no such split (has: {', '.join(sorted(split_dirs))})")
+            raise DataError(
+                f"--split {split}: {root} has no such split (has: {', '.join(sorted(split_dirs))})"
+            )
         root = split_dirs[split]
     elif split not in ("auto", "all"):
         raise DataError(f"--split {split}: {root} is not pre-split; leave --split out")
     folders = {c: fs for c, fs in _class_folders(root).items() if fs}
     unknown = sorted(set(folders) - set(class_names))
     if unknown:
-        raise DataError(f"{root}: classes {unknown} are unknown to the model (it knows {class_names})")
+        raise DataError(
+            f"{root}: classes {unknown} are unknown to the model (it knows {class_names})"
+        )
     if not folders:
         raise DataError(f"{root}: no class sub-folders with images")
     label_of = {c: i for i, c in enumerate(class_names)}

@@ -21,12 +21,16 @@ from trainer.loop import evaluate, make_loader
 from trainer.transforms import Preprocessing, eval_transform, load_rgb
 
 
-def _load(model_dir: str | Path, accelerator: Accelerator) -> tuple[torch.nn.Module, dict, Preprocessing]:
+def _load(
+    model_dir: str | Path, accelerator: Accelerator
+) -> tuple[torch.nn.Module, dict, Preprocessing]:
     model, meta = models.load_model_folder(model_dir)
     return accelerator.prepare(model), meta, Preprocessing.from_dict(meta["preprocessing"])
 
 
-def evaluate_folder(model_dir: str | Path, data_dir: str | Path, split: str, batch_size: int, workers: int | None) -> dict[str, Any]:
+def evaluate_folder(
+    model_dir: str | Path, data_dir: str | Path, split: str, batch_size: int, workers: int | None
+) -> dict[str, Any]:
     """Metrics of the model folder on a labelled class-per-folder tree."""
     accelerator = runtime.make_accelerator()
     try:
@@ -34,7 +38,9 @@ def evaluate_folder(model_dir: str | Path, data_dir: str | Path, split: str, bat
         items = data.labelled_items(data_dir, meta["class_names"], split)
         ds = data.to_hf_dataset(items, meta["class_names"], eval_transform(pre))
         n_workers = runtime.auto_num_workers(workers, accelerator.num_processes)
-        loader = accelerator.prepare(make_loader(ds, batch_size, train=False, workers=n_workers, seed=0))
+        loader = accelerator.prepare(
+            make_loader(ds, batch_size, train=False, workers=n_workers, seed=0)
+        )
         result = evaluate(model, loader, accelerator, len(meta["class_names"]), "eval")
         result["class_names"] = meta["class_names"]
         return result
@@ -43,7 +49,7 @@ def evaluate_folder(model_dir: str | Path, data_dir: str | Path, split: str, bat
 
 
 class _PathDataset(Dataset):
-    """Images by path; an unreadable file yields ok=False instead of raising."""
+    """Images by path; an unreadable file yields ok=0 instead of raising."""
 
     def __init__(self, paths: list[str], pre: Preprocessing):
         self.paths, self.pre, self.transform = paths, pre, eval_transform(pre)
@@ -53,10 +59,10 @@ class _PathDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         try:
-            pixels, ok, error = self.transform(load_rgb(self.paths[i])), True, ""
+            pixels, ok, error = self.transform(load_rgb(self.paths[i])), 1, ""
         except Exception as e:  # any decode failure: report the file, keep going
             size = self.pre.image_size
-            pixels, ok, error = torch.zeros(3, size, size), False, f"{type(e).__name__}: {e}"
+            pixels, ok, error = torch.zeros(3, size, size), 0, f"{type(e).__name__}: {e}"
         return {"pixel_values": pixels, "index": i, "ok": ok, "error": error}
 
 
@@ -74,7 +80,9 @@ def expand_paths(paths: list[str]) -> list[str]:
     return out
 
 
-def predict_paths(model_dir: str | Path, paths: list[str], topk: int, batch_size: int, workers: int | None) -> tuple[list[dict], list[tuple[str, str]]]:
+def predict_paths(
+    model_dir: str | Path, paths: list[str], topk: int, batch_size: int, workers: int | None
+) -> tuple[list[dict], list[tuple[str, str]]]:
     """Top-k labels and probabilities per readable image, plus (path, reason) for unreadable ones."""
     accelerator = runtime.make_accelerator()
     try:
@@ -85,18 +93,34 @@ def predict_paths(model_dir: str | Path, paths: list[str], topk: int, batch_size
             raise FileNotFoundError(f"no images found in {paths}")
         k = max(1, min(topk, len(names)))
         n_workers = runtime.auto_num_workers(workers, accelerator.num_processes)
-        loader = accelerator.prepare(DataLoader(_PathDataset(files, pre), batch_size=batch_size, num_workers=n_workers))
+        loader = accelerator.prepare(
+            DataLoader(_PathDataset(files, pre), batch_size=batch_size, num_workers=n_workers)
+        )
         rows, bad = [], []
         model.eval()
         with torch.no_grad():
             for batch in runtime.progress(loader, "predict", accelerator):
                 probs = model(batch["pixel_values"]).float().softmax(dim=1)
                 p, idx = probs.topk(k, dim=1)
-                p, idx, index, ok = accelerator.gather_for_metrics((p, idx, batch["index"], batch["ok"]))
+                p, idx, index, ok = accelerator.gather_for_metrics(
+                    (p, idx, batch["index"], batch["ok"])
+                )
                 for pi, ii, i, good in zip(p.tolist(), idx.tolist(), index.tolist(), ok.tolist()):
                     if good:
-                        rows.append({"path": files[i], "labels": [names[j] for j in ii], "probabilities": pi})
-                bad.extend((files[i], e) for i, e, good in zip(batch["index"].tolist(), batch["error"], batch["ok"].tolist()) if not good)
+                        rows.append(
+                            {
+                                "path": files[i],
+                                "labels": [names[j] for j in ii],
+                                "probabilities": pi,
+                            }
+                        )
+                bad.extend(
+                    (files[i], e)
+                    for i, e, good in zip(
+                        batch["index"].tolist(), batch["error"], batch["ok"].tolist()
+                    )
+                    if not good
+                )
         bad = sorted({b for part in gather_object([bad]) for b in part})  # dedupe DDP's padding
         rows.sort(key=lambda r: r["path"])
         return rows, bad

@@ -29,7 +29,15 @@ from trainer.config import ConfigError, PhaseConfig, RunConfig, dump_yaml
 from trainer.tracking import Tracker, accelerate_log_with
 from trainer.transforms import Preprocessing, eval_transform, train_transform
 
-RUN_FILES = ("config.yaml", "env.json", "metrics.jsonl", "summary.json", "splits.csv", "checkpoints", "model")
+RUN_FILES = (
+    "config.yaml",
+    "env.json",
+    "metrics.jsonl",
+    "summary.json",
+    "splits.csv",
+    "checkpoints",
+    "model",
+)
 
 
 @dataclass
@@ -57,7 +65,9 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
         log_with=accelerate_log_with(cfg.tracking) or None,
         # Same shuffling on every rank from train.seed (+ epoch), so the shards partition one order.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.train.seed),
+        dataloader_config=DataLoaderConfiguration(
+            use_seedable_sampler=True, data_seed=cfg.train.seed
+        ),
         step_scheduler_with_optimizer=False,  # we step our per-update schedule ourselves
     )
 
@@ -129,7 +139,9 @@ def evaluate(model, loader, accelerator: Accelerator, num_classes: int, desc: st
         losses.append(loss.cpu())
     if not tops:
         return {"samples": 0}
-    return metrics.classification_metrics(torch.cat(tops), torch.cat(labels), torch.cat(losses), num_classes)
+    return metrics.classification_metrics(
+        torch.cat(tops), torch.cat(labels), torch.cat(losses), num_classes
+    )
 
 
 def train_epoch(model, loader, optimizer, scheduler, accelerator, tracker, progress, phase) -> dict:
@@ -158,10 +170,23 @@ def train_epoch(model, loader, optimizer, scheduler, accelerator, tracker, progr
             if progress.step % tracker.log_every == 0:
                 value = loss.item()  # CPU-GPU sync point, once per log_every updates
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
-                tracker.log("train", step=progress.step, epoch=progress.epoch + 1, phase=phase.name, loss=value, lr=lr)
-    totals = accelerator.reduce(torch.stack([loss_sum, correct.double(), seen.double()]), reduction="sum")
+                tracker.log(
+                    "train",
+                    step=progress.step,
+                    epoch=progress.epoch + 1,
+                    phase=phase.name,
+                    loss=value,
+                    lr=lr,
+                )
+    totals = accelerator.reduce(
+        torch.stack([loss_sum, correct.double(), seen.double()]), reduction="sum"
+    )
     loss_sum, correct, seen = totals.tolist()
-    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "samples": int(seen)}
+    return {
+        "loss": loss_sum / max(seen, 1),
+        "accuracy": correct / max(seen, 1),
+        "samples": int(seen),
+    }
 
 
 def _summary_of(result: dict, prefix: str) -> dict:
@@ -172,9 +197,9 @@ def _summary_of(result: dict, prefix: str) -> dict:
 class Run:
     """Everything one training run holds; `fit()` and `test()` read top to bottom."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, accelerator: Accelerator):
         self.cfg = cfg
-        self.accelerator = make_accelerator(cfg)
+        self.accelerator = accelerator
         self.run_dir = prepare_run_dir(cfg, self.accelerator)
         self.print = self.accelerator.print
         set_seed(cfg.train.seed)
@@ -187,11 +212,15 @@ class Run:
             split: data.to_hf_dataset(
                 items,
                 self.class_names,
-                train_transform(self.pre, cfg.data) if split == "train" else eval_transform(self.pre),
+                train_transform(self.pre, cfg.data)
+                if split == "train"
+                else eval_transform(self.pre),
             )
             for split, items in self.index.splits.items()
         }
-        self.workers = runtime.auto_num_workers(cfg.data.num_workers, self.accelerator.num_processes)
+        self.workers = runtime.auto_num_workers(
+            cfg.data.num_workers, self.accelerator.num_processes
+        )
         self.tracker = Tracker(self.accelerator, self.run_dir, cfg)
         self.progress = Progress()
         if self.accelerator.is_main_process:
@@ -218,11 +247,22 @@ class Run:
         # Drop the ragged last batch when there is a full one: a batch of 1 breaks BatchNorm.
         full = len(train_ds) >= cfg.batch_size * self.accelerator.num_processes
         train = make_loader(
-            train_ds, cfg.batch_size, train=True, workers=self.workers, seed=cfg.seed, drop_last=full
+            train_ds,
+            cfg.batch_size,
+            train=True,
+            workers=self.workers,
+            seed=cfg.seed,
+            drop_last=full,
         )
         val = None
         if "val" in self.datasets:
-            val = make_loader(self.datasets["val"], self.eval_batch_size, train=False, workers=self.workers, seed=cfg.seed)
+            val = make_loader(
+                self.datasets["val"],
+                self.eval_batch_size,
+                train=False,
+                workers=self.workers,
+                seed=cfg.seed,
+            )
         return train, val
 
     @property
@@ -251,20 +291,35 @@ class Run:
                 f"{models.count_trainable(a.unwrap_model(model)):,} trainable parameters"
             )
             for _ in range(phase.epochs):
-                self._epoch(model, optimizer, scheduler, train_loader, val_loader, phase, phase_index)
+                self._epoch(
+                    model, optimizer, scheduler, train_loader, val_loader, phase, phase_index
+                )
         self.model = a.unwrap_model(model, keep_fp32_wrapper=False)
         self.wrapped = model
         # Checked before test() loads the saved best weights, which would make every rank equal.
         self.checksums = gather_object([param_checksum(self.model)])
 
-    def _epoch(self, model, optimizer, scheduler, train_loader, val_loader, phase: PhaseConfig, phase_index: int) -> None:
+    def _epoch(
+        self,
+        model,
+        optimizer,
+        scheduler,
+        train_loader,
+        val_loader,
+        phase: PhaseConfig,
+        phase_index: int,
+    ) -> None:
         a, p = self.accelerator, self.progress
         train_loader.set_epoch(p.epoch)
         start = time.perf_counter()
         train = train_epoch(model, train_loader, optimizer, scheduler, a, self.tracker, p, phase)
         seconds = time.perf_counter() - start
         p.epoch += 1
-        val = evaluate(model, val_loader, a, len(self.class_names), "val") if val_loader is not None else {}
+        val = (
+            evaluate(model, val_loader, a, len(self.class_names), "val")
+            if val_loader is not None
+            else {}
+        )
         values = {
             "train_loss": train["loss"],
             "train_accuracy": train["accuracy"],
@@ -274,7 +329,11 @@ class Run:
             "images_per_second": round(train["samples"] / seconds, 1),
         }
         self.tracker.log("epoch", step=p.step, epoch=p.epoch, phase=phase.name, **values)
-        shown = f"val acc {val['accuracy']:.4f} loss {val['loss']:.4f}" if val.get("samples") else "no val split"
+        shown = (
+            f"val acc {val['accuracy']:.4f} loss {val['loss']:.4f}"
+            if val.get("samples")
+            else "no val split"
+        )
         self.print(
             f"epoch {p.epoch} [{phase.name}] train loss {train['loss']:.4f} acc {train['accuracy']:.4f} | "
             f"{shown} | {seconds:.1f}s, {values['images_per_second']:.0f} img/s"
@@ -282,21 +341,36 @@ class Run:
         # Without a val split the last epoch is the one kept.
         if not val.get("samples") or p.improves(val):
             if val.get("samples"):
-                p.best_val_accuracy, p.best_val_loss, p.best_epoch = val["accuracy"], val["loss"], p.epoch
+                p.best_val_accuracy, p.best_val_loss, p.best_epoch = (
+                    val["accuracy"],
+                    val["loss"],
+                    p.epoch,
+                )
             self._save_model(model, val)
         if self.cfg.checkpoint.enabled:
             state = {"phase_index": phase_index, "phase": phase.name, **p.__dict__}
-            checkpoint.save_checkpoint(a, self.run_dir / "checkpoints", p.step, state, self.cfg.checkpoint.keep_last)
+            checkpoint.save_checkpoint(
+                a, self.run_dir / "checkpoints", p.step, state, self.cfg.checkpoint.keep_last
+            )
 
     def _save_model(self, model, val: dict) -> None:
         a = self.accelerator
         if a.is_main_process:
             extra = {
-                "selected": {"epoch": self.progress.epoch, "val_accuracy": val.get("accuracy"), "val_loss": val.get("loss")},
+                "selected": {
+                    "epoch": self.progress.epoch,
+                    "val_accuracy": val.get("accuracy"),
+                    "val_loss": val.get("loss"),
+                },
                 "trainer_version": runtime._version("trainer"),
             }
             models.save_model_folder(
-                a.unwrap_model(model), self.run_dir / "model", self.cfg.model, self.class_names, self.pre, extra
+                a.unwrap_model(model),
+                self.run_dir / "model",
+                self.cfg.model,
+                self.class_names,
+                self.pre,
+                extra,
             )
         a.wait_for_everyone()
 
@@ -305,12 +379,26 @@ class Run:
         if "test" not in self.datasets:
             return {}
         a = self.accelerator
-        a.unwrap_model(self.wrapped).load_state_dict(load_file(self.run_dir / "model" / "model.safetensors"))
+        a.unwrap_model(self.wrapped).load_state_dict(
+            load_file(self.run_dir / "model" / "model.safetensors")
+        )
         loader = a.prepare(
-            make_loader(self.datasets["test"], self.eval_batch_size, train=False, workers=self.workers, seed=0)
+            make_loader(
+                self.datasets["test"],
+                self.eval_batch_size,
+                train=False,
+                workers=self.workers,
+                seed=0,
+            )
         )
         result = evaluate(self.wrapped, loader, a, len(self.class_names), "test")
-        self.tracker.log("test", step=self.progress.step, epoch=self.progress.epoch, phase="test", **_summary_of(result, "test"))
+        self.tracker.log(
+            "test",
+            step=self.progress.step,
+            epoch=self.progress.epoch,
+            phase="test",
+            **_summary_of(result, "test"),
+        )
         return result
 
     def summarize(self, test: dict, train_seconds: float) -> dict:
@@ -341,17 +429,26 @@ class Run:
 
 def run(cfg: RunConfig) -> dict:
     """Train, select the best epoch on val, test it, write the run folder; returns the summary."""
-    r = Run(cfg)
+    accelerator = make_accelerator(cfg)
     ok = False
     try:
+        r = Run(cfg, accelerator)
         start = time.perf_counter()
         r.fit()
         train_seconds = time.perf_counter() - start
         test = r.test()
         summary = r.summarize(test, train_seconds)
         sync_cmd = r.tracker.finish()
-        line = f"test accuracy {test['accuracy']:.4f} on {test['samples']} images" if test else "no test split"
-        best = f"{summary['best_val_accuracy']:.4f}" if summary["best_val_accuracy"] is not None else "n/a"
+        line = (
+            f"test accuracy {test['accuracy']:.4f} on {test['samples']} images"
+            if test
+            else "no test split"
+        )
+        best = (
+            f"{summary['best_val_accuracy']:.4f}"
+            if summary["best_val_accuracy"] is not None
+            else "n/a"
+        )
         r.print(
             f"done in {train_seconds:.1f}s: best val accuracy {best} (epoch {summary['best_epoch']}), {line}\n"
             f"model: {r.run_dir / 'model'}   (trainer predict {r.run_dir / 'model'} IMAGES...)"
@@ -363,4 +460,4 @@ def run(cfg: RunConfig) -> dict:
         ok = True
         return summary
     finally:
-        runtime.shutdown(r.accelerator, barrier=ok)
+        runtime.shutdown(accelerator, barrier=ok)

@@ -68,7 +68,9 @@ def build_model(cfg: ModelConfig, num_classes: int) -> tuple[Classifier, Preproc
 # --------------------------------------------------------------------------- torchvision
 
 
-def _torchvision_backbone(arch: str, pretrained: bool | str) -> tuple[nn.Module, int, Preprocessing]:
+def _torchvision_backbone(
+    arch: str, pretrained: bool | str
+) -> tuple[nn.Module, int, Preprocessing]:
     import torchvision
 
     try:
@@ -83,7 +85,9 @@ def _torchvision_backbone(arch: str, pretrained: bool | str) -> tuple[nn.Module,
     classifier_name = _last_linear_name(model)
     if pretrained is True:
         if weights_enum is None:
-            raise ModelError(f"model.pretrained: torchvision/{arch} has no pretrained weights; use false or a file")
+            raise ModelError(
+                f"model.pretrained: torchvision/{arch} has no pretrained weights; use false or a file"
+            )
         state = _download_torchvision_weights(arch, weights_enum)
         _load_backbone_state(model, state, classifier_name, f"torchvision/{arch} ImageNet weights")
     elif isinstance(pretrained, str):
@@ -131,7 +135,9 @@ def _replace_module(model: nn.Module, dotted: str, new: nn.Module) -> nn.Module:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "") not in ("", "0") for v in ("TRAINER_OFFLINE", "HF_HUB_OFFLINE"))
+    return any(
+        os.environ.get(v, "") not in ("", "0") for v in ("TRAINER_OFFLINE", "HF_HUB_OFFLINE")
+    )
 
 
 def _download_torchvision_weights(arch: str, weights_enum: Any) -> dict[str, torch.Tensor]:
@@ -162,7 +168,9 @@ def _timm_backbone(arch: str, pretrained: bool | str) -> tuple[nn.Module, int, P
         import timm
         from timm.data import resolve_data_config
     except ImportError:
-        raise ModelError("model.name: timm backbones need timm: pip install 'trainer[timm]'") from None
+        raise ModelError(
+            "model.name: timm backbones need timm: pip install 'trainer[timm]'"
+        ) from None
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=3)
         raise ModelError(
@@ -178,7 +186,7 @@ def _timm_backbone(arch: str, pretrained: bool | str) -> tuple[nn.Module, int, P
         raise ModelError(
             f"could not get pretrained weights for timm/{arch} ({type(e).__name__}: {e}). On a "
             f"machine with internet run `python -c \"import timm; timm.create_model('{arch}', "
-            f"pretrained=True)\"` to fill the Hugging Face cache (HF_HOME), or pass "
+            f'pretrained=True)"` to fill the Hugging Face cache (HF_HOME), or pass '
             f"model.pretrained=/path/to/weights.safetensors, or model.pretrained=false"
         ) from None
     if isinstance(pretrained, str):
@@ -191,7 +199,9 @@ def _timm_backbone(arch: str, pretrained: bool | str) -> tuple[nn.Module, int, P
         resize_size=round(size / cfg.get("crop_pct", 0.875)),
         mean=tuple(float(x) for x in cfg["mean"]),
         std=tuple(float(x) for x in cfg["std"]),
-        interpolation=cfg.get("interpolation", "bilinear") if cfg.get("interpolation") in ("bilinear", "bicubic") else "bilinear",
+        interpolation=cfg.get("interpolation", "bilinear")
+        if cfg.get("interpolation") in ("bilinear", "bicubic")
+        else "bilinear",
     )
     return model, model.num_features, pre
 
@@ -208,7 +218,9 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(path)
         except Exception as e:
-            raise ModelError(f"model.pretrained: {path} is not a readable safetensors file ({e})") from None
+            raise ModelError(
+                f"model.pretrained: {path} is not a readable safetensors file ({e})"
+            ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError for files that would run code, or corrupt ones
@@ -252,7 +264,9 @@ def _load_backbone_state(model: nn.Module, state: dict, classifier: str, source:
     try:
         model.load_state_dict(clean, strict=False)
     except RuntimeError as e:  # shape mismatches
-        raise ModelError(f"model.pretrained: {source} does not fit: {str(e).splitlines()[-1].strip()}") from None
+        raise ModelError(
+            f"model.pretrained: {source} does not fit: {str(e).splitlines()[-1].strip()}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- freezing
@@ -304,7 +318,9 @@ def save_model_folder(
         "preprocessing": pre.to_dict(),
         **(extra or {}),
     }
-    (tmp / "config.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    (tmp / "config.json").write_text(
+        json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8"
+    )
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():

@@ -14,8 +14,16 @@ from trainer.models import Classifier
 def param_groups(model: Classifier, cfg: OptimConfig) -> list[dict]:
     """Trainable backbone parameters at lr, head parameters at lr x head_lr_mult."""
     groups = [
-        {"name": "backbone", "params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": cfg.lr},
-        {"name": "head", "params": [p for p in model.head.parameters() if p.requires_grad], "lr": cfg.lr * cfg.head_lr_mult},
+        {
+            "name": "backbone",
+            "params": [p for p in model.backbone.parameters() if p.requires_grad],
+            "lr": cfg.lr,
+        },
+        {
+            "name": "head",
+            "params": [p for p in model.head.parameters() if p.requires_grad],
+            "lr": cfg.lr * cfg.head_lr_mult,
+        },
     ]
     return [g for g in groups if g["params"]]
 
@@ -23,7 +31,9 @@ def param_groups(model: Classifier, cfg: OptimConfig) -> list[dict]:
 def build_optimizer(model: Classifier, cfg: OptimConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -9,8 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -78,11 +78,22 @@ def provenance(world_size: int, device: torch.device) -> dict[str, Any]:
         "git_sha": git_sha(),
         "versions": {
             p: _version(p)
-            for p in ("trainer", "torch", "torchvision", "accelerate", "datasets", "safetensors", "timm", "wandb")
+            for p in (
+                "trainer",
+                "torch",
+                "torchvision",
+                "accelerate",
+                "datasets",
+                "safetensors",
+                "timm",
+                "wandb",
+            )
         },
         "world_size": world_size,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
         "command": sys.argv,
     }
 

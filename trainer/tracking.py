@@ -47,13 +47,21 @@ class Tracker:
     def log(self, event: str, *, step: int, epoch: int, phase: str, **values: Any) -> None:
         if not self.main:
             return
-        record = {"event": event, "time": round(time.time(), 3), "step": step, "epoch": epoch, "phase": phase}
+        record = {
+            "event": event,
+            "time": round(time.time(), 3),
+            "step": step,
+            "epoch": epoch,
+            "phase": phase,
+        }
         record.update({k: _json_safe(v) for k, v in values.items()})
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._file.flush()
         if self.wandb:
             scalars = {
-                f"{event}/{k}": v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                f"{event}/{k}": v
+                for k, v in values.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
             }
             self.accelerator.log({**scalars, "epoch": epoch}, step=step)
 

@@ -96,7 +96,10 @@ def train_transform(pre: Preprocessing, cfg: DataConfig) -> v2.Compose:
     """Random crop (and flip) on the PIL image, then a normalized float tensor (C, H, W)."""
     ops = [
         v2.RandomResizedCrop(
-            pre.image_size, scale=(cfg.min_crop_scale, 1.0), interpolation=_interp(pre), antialias=True
+            pre.image_size,
+            scale=(cfg.min_crop_scale, 1.0),
+            interpolation=_interp(pre),
+            antialias=True,
         )
     ]
     if cfg.hflip:

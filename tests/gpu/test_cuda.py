@@ -7,14 +7,22 @@ import torch
 
 from tests.conftest import assert_ok, make_folder, run_cli
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
 
 
 def test_bf16_training_on_one_gpu(tmp_path):
     root = make_folder(tmp_path / "images", ["a", "b"], 16)
     run = tmp_path / "run"
     proc = run_cli(
-        "trainer", "train", "--config", "cpu-smoke", f"data.root={root}", f"output_dir={run}",
+        "trainer",
+        "train",
+        "--config",
+        "cpu-smoke",
+        f"data.root={root}",
+        f"output_dir={run}",
         "train.mixed_precision=bf16",
     )
     assert_ok(proc)

@@ -11,7 +11,9 @@ pytestmark = pytest.mark.integration
 
 def test_digits_demo_reaches_90_percent_test_accuracy(tmp_path):
     run = tmp_path / "demo"
-    proc = run_cli("trainer", "demo", "--data", str(tmp_path / "digits"), "--output-dir", str(run), timeout=900)
+    proc = run_cli(
+        "trainer", "demo", "--data", str(tmp_path / "digits"), "--output-dir", str(run), timeout=900
+    )
     assert_ok(proc)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["test_samples"] == 179  # 10% of 1,797, stratified

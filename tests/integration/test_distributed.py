@@ -16,8 +16,31 @@ def test_odd_sized_eval_counts_every_image_once_on_two_processes(trained_run, tm
         make_folder(data, [cls], n, seed=5)
     single, double = tmp_path / "one.json", tmp_path / "two.json"
     # batch 4 x 2 processes: 37 is no multiple of 8, so DDP pads the last batch with repeats.
-    assert_ok(run_cli("trainer", "eval", str(run / "model"), str(data), "--batch-size", "4", "--json", str(single)))
-    assert_ok(accelerate_launch("-m", "trainer", "eval", str(run / "model"), str(data), "--batch-size", "4", "--json", str(double)))
+    assert_ok(
+        run_cli(
+            "trainer",
+            "eval",
+            str(run / "model"),
+            str(data),
+            "--batch-size",
+            "4",
+            "--json",
+            str(single),
+        )
+    )
+    assert_ok(
+        accelerate_launch(
+            "-m",
+            "trainer",
+            "eval",
+            str(run / "model"),
+            str(data),
+            "--batch-size",
+            "4",
+            "--json",
+            str(double),
+        )
+    )
     one, two = json.loads(single.read_text()), json.loads(double.read_text())
     assert one["samples"] == two["samples"] == 37
     assert sum(two["support"]) == 37
@@ -41,7 +64,9 @@ train:
 """
     )
     run = tmp_path / "run"
-    proc = accelerate_launch(str(REPO / "train.py"), "--config", str(recipe), f"data.root={root}", f"output_dir={run}")
+    proc = accelerate_launch(
+        str(REPO / "train.py"), "--config", str(recipe), f"data.root={root}", f"output_dir={run}"
+    )
     assert_ok(proc)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2
@@ -49,12 +74,20 @@ train:
     # Phase 2 unfreezes the backbone; if DDP were not re-prepared its gradients would not be
     # all-reduced and the ranks' backbones would drift apart.
     assert summary["weights_in_sync"] is True
-    phases = [json.loads(line)["phase"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    phases = [
+        json.loads(line)["phase"] for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
     assert "head" in phases and "finetune" in phases
     assert "2 process(es)" in proc.stdout
 
 
 def test_accelerates_own_self_test_passes_with_our_cpu_profile():
-    proc = run_cli("accelerate", "test", "--config_file", str(REPO / "accelerate_configs" / "cpu.yaml"), timeout=300)
+    proc = run_cli(
+        "accelerate",
+        "test",
+        "--config_file",
+        str(REPO / "accelerate_configs" / "cpu.yaml"),
+        timeout=300,
+    )
     assert_ok(proc)
     assert "Test is a success" in proc.stdout + proc.stderr

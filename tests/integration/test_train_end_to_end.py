@@ -97,7 +97,9 @@ def test_eval_prints_metrics_and_a_per_class_table(trained_run, tmp_path):
 
 def test_a_finished_run_is_not_overwritten_by_accident(trained_run):
     root, run = trained_run
-    proc = run_cli("trainer", "train", "--config", "cpu-smoke", f"data.root={root}", f"output_dir={run}")
+    proc = run_cli(
+        "trainer", "train", "--config", "cpu-smoke", f"data.root={root}", f"output_dir={run}"
+    )
     assert proc.returncode == 2
     assert "overwrite=true" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -114,8 +116,15 @@ def test_wandb_offline_run_is_written_and_keeps_secrets_out(tmp_path):
     run = tmp_path / "run"
     secret = "0123456789abcdef0123456789abcdef01234567"
     proc = run_cli(
-        "trainer", "train", "--config", "cpu-smoke", f"data.root={root}", f"output_dir={run}",
-        "train.epochs=1", "tracking.wandb.mode=offline", "checkpoint.enabled=false",
+        "trainer",
+        "train",
+        "--config",
+        "cpu-smoke",
+        f"data.root={root}",
+        f"output_dir={run}",
+        "train.epochs=1",
+        "tracking.wandb.mode=offline",
+        "checkpoint.enabled=false",
         env={"WANDB_API_KEY": secret},
     )
     assert_ok(proc)

@@ -22,8 +22,17 @@ def test_packaged_recipe_by_name():
     cfg = load_config("resnext101-sgd")
     phase = cfg.train.phases[0]
     assert cfg.model.name == "torchvision/resnext101_32x8d"
-    assert (phase.epochs, phase.optim.optimizer, phase.optim.lr, phase.optim.head_lr_mult) == (30, "sgd", 5e-5, 10)
-    assert (phase.optim.momentum, phase.optim.weight_decay, phase.optim.scheduler) == (0.9, 1e-3, "step")
+    assert (phase.epochs, phase.optim.optimizer, phase.optim.lr, phase.optim.head_lr_mult) == (
+        30,
+        "sgd",
+        5e-5,
+        10,
+    )
+    assert (phase.optim.momentum, phase.optim.weight_decay, phase.optim.scheduler) == (
+        0.9,
+        1e-3,
+        "step",
+    )
     assert (phase.optim.step_epochs, phase.optim.gamma) == (30, 0.1)
     assert cfg.data.split == [0.7, 0.2, 0.1]
 
@@ -31,8 +40,18 @@ def test_packaged_recipe_by_name():
 def test_two_phase_recipe_phases_inherit_top_level_optim():
     cfg = load_config("resnet50-two-phase", ["train.phases.1.optim.lr=2e-5"])
     head, finetune = cfg.train.phases
-    assert (head.freeze, head.epochs, head.optim.optimizer, head.optim.lr) == ("backbone", 5, "adam", 1e-4)
-    assert (finetune.freeze, finetune.epochs, finetune.optim.optimizer, finetune.optim.lr) == ("none", 2, "adam", 2e-5)
+    assert (head.freeze, head.epochs, head.optim.optimizer, head.optim.lr) == (
+        "backbone",
+        5,
+        "adam",
+        1e-4,
+    )
+    assert (finetune.freeze, finetune.epochs, finetune.optim.optimizer, finetune.optim.lr) == (
+        "none",
+        2,
+        "adam",
+        2e-5,
+    )
     assert (cfg.model.head, cfg.model.head_hidden) == ("mlp", 128)
 
 
@@ -98,7 +117,14 @@ def test_cli_config_error_exits_2_without_traceback(tmp_path):
 
 def test_cli_missing_data_root_exits_2(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "trainer", "train", f"data.root={tmp_path / 'nope'}", f"output_dir={tmp_path / 'run'}"],
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "train",
+            f"data.root={tmp_path / 'nope'}",
+            f"output_dir={tmp_path / 'run'}",
+        ],
         capture_output=True,
         text=True,
     )

@@ -86,7 +86,9 @@ def test_nested_root_and_utf8_class_names(tmp_path):
     root = make_folder(tmp_path / "veg", ["胡萝卜", "Гриб", "tomato"], 10)
     index = scan(DataConfig(root=str(root)))
     assert index.class_names == sorted(["胡萝卜", "Гриб", "tomato"])
-    ds = to_hf_dataset(index.splits["train"], index.class_names, eval_transform(IMAGENET.with_size(32)))
+    ds = to_hf_dataset(
+        index.splits["train"], index.class_names, eval_transform(IMAGENET.with_size(32))
+    )
     assert ds.features["label"].names == index.class_names
     assert ds[0]["pixel_values"].shape == (3, 32, 32)
 
@@ -168,8 +170,13 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_hf_dataset_yields_normalized_tensors_and_labels(tmp_path):
     root = make_folder(tmp_path / "d", ["a", "b"], 3)
     index = scan(DataConfig(root=str(root), split=[1.0, 0.0, 0.0]))
-    ds = to_hf_dataset(index.splits["train"], index.class_names, eval_transform(IMAGENET.with_size(24)))
+    ds = to_hf_dataset(
+        index.splits["train"], index.class_names, eval_transform(IMAGENET.with_size(24))
+    )
     item = ds[5]
-    assert isinstance(item["pixel_values"], torch.Tensor) and item["pixel_values"].dtype == torch.float32
+    assert (
+        isinstance(item["pixel_values"], torch.Tensor)
+        and item["pixel_values"].dtype == torch.float32
+    )
     assert item["pixel_values"].shape == (3, 24, 24) and item["label"] == 1
     assert -3 < float(item["pixel_values"].mean()) < 3

@@ -28,7 +28,9 @@ def test_linear_head_replaces_the_imagenet_classifier():
 
 
 def test_mlp_head_of_the_resnet50_recipe():
-    cfg = ModelConfig(name="torchvision/resnet50", pretrained=False, head="mlp", head_hidden=128, head_dropout=0.1)
+    cfg = ModelConfig(
+        name="torchvision/resnet50", pretrained=False, head="mlp", head_hidden=128, head_dropout=0.1
+    )
     model, _ = build_model(cfg, 15)
     linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(2048, 128), (128, 15)]
