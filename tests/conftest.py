@@ -100,22 +100,19 @@ def assert_ok(proc: subprocess.CompletedProcess) -> None:
     assert "terminate called" not in proc.stderr, proc.stderr[-4000:]
 
 
+def train_smoke(
+    root: Path, run: Path, *overrides: str, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`trainer train --config cpu-smoke` on ROOT into RUN, with extra overrides."""
+    args = ("trainer", "train", "--config", "cpu-smoke", f"data.root={root}", f"output_dir={run}")
+    return run_cli(*args, *overrides, env=env)
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> tuple[Path, Path]:
     """(image folder, run folder) of one short CPU training run, shared by the integration tests."""
     base = tmp_path_factory.mktemp("trained")
     root = make_folder(base / "images", ["cat", "dog", "fox"], 20)
     run = base / "run"
-    proc = run_cli(
-        "trainer",
-        "train",
-        "--config",
-        "cpu-smoke",
-        f"data.root={root}",
-        f"output_dir={run}",
-        "train.epochs=2",
-        "train.batch_size=8",
-        "train.log_every=1",
-    )
-    assert_ok(proc)
+    assert_ok(train_smoke(root, run, "train.epochs=2", "train.batch_size=8", "train.log_every=1"))
     return root, run

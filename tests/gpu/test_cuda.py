@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import assert_ok, make_folder, run_cli
+from tests.conftest import assert_ok, make_folder, train_smoke
 
 pytestmark = [
     pytest.mark.gpu,
@@ -16,15 +16,7 @@ pytestmark = [
 def test_bf16_training_on_one_gpu(tmp_path):
     root = make_folder(tmp_path / "images", ["a", "b"], 16)
     run = tmp_path / "run"
-    proc = run_cli(
-        "trainer",
-        "train",
-        "--config",
-        "cpu-smoke",
-        f"data.root={root}",
-        f"output_dir={run}",
-        "train.mixed_precision=bf16",
-    )
+    proc = train_smoke(root, run, "train.mixed_precision=bf16")
     assert_ok(proc)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["mixed_precision"] == "bf16" and summary["epochs"] == 2

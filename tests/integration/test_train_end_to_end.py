@@ -8,7 +8,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import REPO, assert_ok, make_folder, run_cli
+from tests.conftest import REPO, assert_ok, make_folder, run_cli, train_smoke
 from trainer.config import load_config
 
 pytestmark = pytest.mark.integration
@@ -97,9 +97,7 @@ def test_eval_prints_metrics_and_a_per_class_table(trained_run, tmp_path):
 
 def test_a_finished_run_is_not_overwritten_by_accident(trained_run):
     root, run = trained_run
-    proc = run_cli(
-        "trainer", "train", "--config", "cpu-smoke", f"data.root={root}", f"output_dir={run}"
-    )
+    proc = train_smoke(root, run)
     assert proc.returncode == 2
     assert "overwrite=true" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -115,13 +113,9 @@ def test_wandb_offline_run_is_written_and_keeps_secrets_out(tmp_path):
     root = make_folder(tmp_path / "images", ["a", "b"], 8)
     run = tmp_path / "run"
     secret = "0123456789abcdef0123456789abcdef01234567"
-    proc = run_cli(
-        "trainer",
-        "train",
-        "--config",
-        "cpu-smoke",
-        f"data.root={root}",
-        f"output_dir={run}",
+    proc = train_smoke(
+        root,
+        run,
         "train.epochs=1",
         "tracking.wandb.mode=offline",
         "checkpoint.enabled=false",
