@@ -73,7 +73,9 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """Run a console command from the venv (trainer, accelerate) and capture its output."""
     cmd = [str(BIN / args[0]), *args[1:]]
-    full_env = {**os.environ, **(env or {})}
+    # The venv's bin first: `accelerate test` starts `accelerate-launch` by name from PATH.
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    full_env = {**os.environ, "PATH": path, **(env or {})}
     return subprocess.run(
         cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
     )

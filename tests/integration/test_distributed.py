@@ -3,8 +3,9 @@
 import json
 
 import pytest
+import yaml
 
-from tests.conftest import REPO, accelerate_launch, assert_ok, make_folder, run_cli
+from tests.conftest import REPO, accelerate_launch, assert_ok, free_port, make_folder, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -81,13 +82,13 @@ train:
     assert "2 process(es)" in proc.stdout
 
 
-def test_accelerates_own_self_test_passes_with_our_cpu_profile():
-    proc = run_cli(
-        "accelerate",
-        "test",
-        "--config_file",
-        str(REPO / "accelerate_configs" / "cpu.yaml"),
-        timeout=300,
-    )
+def test_accelerates_own_self_test_passes_with_our_cpu_profile(tmp_path):
+    # The shipped profile, on a free port: `accelerate test` takes no --main_process_port and
+    # the default 29500 may be held by another job on the machine.
+    profile = yaml.safe_load((REPO / "accelerate_configs" / "cpu.yaml").read_text())
+    profile["main_process_port"] = free_port()
+    config = tmp_path / "cpu.yaml"
+    config.write_text(yaml.safe_dump(profile))
+    proc = run_cli("accelerate", "test", "--config_file", str(config), timeout=300)
     assert_ok(proc)
     assert "Test is a success" in proc.stdout + proc.stderr
