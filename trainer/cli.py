@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--json", metavar="FILE", help="also write all metrics as JSON")
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        help="also write report.json, report.md, plots/confusion_matrix.png and plots/mistakes.png to DIR",
+    )
 
     p = sub.add_parser("predict", help="top-k labels for image files or folders, as CSV or JSON")
     p.add_argument("model_dir", help="a model folder (RUN_DIR/model)")
@@ -76,6 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=1, help="labels per image, best first (default: 1)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=None)
+
+    p = sub.add_parser(
+        "export",
+        help="export a model folder to ONNX or TorchScript, checked against PyTorch",
+        description="Writes OUT/model.onnx (or model.pt), config.json (labels, preprocessing) and "
+        "export.json (the measured max |logit difference| against PyTorch).",
+    )
+    p.add_argument("model_dir", help="a model folder (RUN_DIR/model)")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", help="output folder (default: MODEL_DIR-onnx or MODEL_DIR-torchscript)")
+    p.add_argument(
+        "--images",
+        nargs="*",
+        default=[],
+        metavar="PATH",
+        help="real images (files or folders) for the parity check",
+    )
 
     p = sub.add_parser("config", help="print the resolved config, or every key with --keys")
     _add_config_args(p)
@@ -145,7 +167,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from trainer.inference import evaluate_folder
 
     result = evaluate_folder(
-        args.model_dir, args.data_dir, args.split, args.batch_size, args.num_workers
+        args.model_dir, args.data_dir, args.split, args.batch_size, args.num_workers, args.report
     )
     if not _is_main():
         return 0
@@ -187,6 +209,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from trainer.export import ExportError, export_model
+
+    out = args.out or f"{str(args.model_dir).rstrip('/')}-{args.format}"
+    try:
+        result = export_model(args.model_dir, args.format, out, args.images)
+    except ExportError as e:
+        print(f"trainer export: error: {e}", file=sys.stderr)
+        return 1
+    parity = result["parity"]
+    print(
+        f"{result['format']} model -> {Path(out) / result['file']}\n"
+        f"parity on {parity['inputs']}: max |logit difference| {parity['max_abs_diff']:.2e} "
+        f"(allowed {parity['atol']:g}), same top-1: {result['same_top1']}"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from trainer.config import load_config
     from trainer.demo import write_digits
@@ -216,6 +256,7 @@ COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "predict": cmd_predict,
+    "export": cmd_export,
     "config": cmd_config,
     "recipes": cmd_recipes,
     "demo": cmd_demo,

@@ -249,17 +249,25 @@ class _ApplyTransform:
 
     def __call__(self, batch: dict) -> dict:
         pixels = [self.transform(load_rgb(image["path"])) for image in batch["image"]]
-        return {"pixel_values": pixels, "label": batch["label"]}
+        return {"pixel_values": pixels, "label": batch["label"], "index": batch["index"]}
 
 
 def to_hf_dataset(
     items: Sequence[tuple[str, int]], class_names: list[str], transform: Callable
 ) -> datasets.Dataset:
-    """A `datasets.Dataset` of (image path, ClassLabel) decoded and transformed on the fly."""
+    """A `datasets.Dataset` of (image path, ClassLabel, row index) decoded and transformed on the
+    fly; the index maps gathered predictions back to files (e.g. for the mistakes gallery)."""
     features = datasets.Features(
-        {"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=class_names)}
+        {
+            "image": datasets.Image(decode=False),
+            "label": datasets.ClassLabel(names=class_names),
+            "index": datasets.Value("int64"),
+        }
     )
-    ds = datasets.Dataset.from_dict(
-        {"image": [p for p, _ in items], "label": [label for _, label in items]}, features=features
-    )
+    columns = {
+        "image": [p for p, _ in items],
+        "label": [label for _, label in items],
+        "index": list(range(len(items))),
+    }
+    ds = datasets.Dataset.from_dict(columns, features=features)
     return ds.with_transform(_ApplyTransform(transform))

@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Dataset
 
-from trainer import data, models, runtime
+from trainer import data, models, report, runtime
 from trainer.loop import evaluate, make_loader
 from trainer.transforms import Preprocessing, eval_transform, load_rgb
 
@@ -29,20 +29,38 @@ def _load(
 
 
 def evaluate_folder(
-    model_dir: str | Path, data_dir: str | Path, split: str, batch_size: int, workers: int | None
+    model_dir: str | Path,
+    data_dir: str | Path,
+    split: str,
+    batch_size: int,
+    workers: int | None,
+    report_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the model folder on a labelled class-per-folder tree."""
+    """Metrics of the model folder on a labelled class-per-folder tree; with `report_dir`, also
+    report.json, report.md and plots there (main process)."""
     accelerator = runtime.make_accelerator()
     try:
         model, meta, pre = _load(model_dir, accelerator)
-        items = data.labelled_items(data_dir, meta["class_names"], split)
-        ds = data.to_hf_dataset(items, meta["class_names"], eval_transform(pre))
+        names = meta["class_names"]
+        items = data.labelled_items(data_dir, names, split)
+        ds = data.to_hf_dataset(items, names, eval_transform(pre))
         n_workers = runtime.auto_num_workers(workers, accelerator.num_processes)
-        loader = accelerator.prepare(
-            make_loader(ds, batch_size, train=False, workers=n_workers, seed=0)
+        loader = make_loader(ds, batch_size, train=False, workers=n_workers, seed=0)
+        result, preds = evaluate(
+            model, accelerator.prepare(loader), accelerator, len(names), "eval"
         )
-        result = evaluate(model, loader, accelerator, len(meta["class_names"]), "eval")
-        result["class_names"] = meta["class_names"]
+        if report_dir is not None and accelerator.is_main_process:
+            mistakes = report.confident_mistakes(preds, items)
+            report.write_report(
+                Path(report_dir),
+                result,
+                names,
+                mistakes,
+                split=split,
+                model=str(model_dir),
+                data=str(data_dir),
+            )
+        result["class_names"] = names
         return result
     finally:
         runtime.shutdown(accelerator)

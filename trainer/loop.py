@@ -24,12 +24,15 @@ from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from trainer import checkpoint, data, metrics, models, optim, runtime
+from trainer import checkpoint, data, metrics, models, optim, plots, report, runtime
 from trainer.config import ConfigError, PhaseConfig, RunConfig, dump_yaml
 from trainer.tracking import Tracker, accelerate_log_with
 from trainer.transforms import Preprocessing, eval_transform, train_transform
 
 RUN_FILES = (
+    "report.json",
+    "report.md",
+    "plots",
     "config.yaml",
     "env.json",
     "metrics.jsonl",
@@ -123,25 +126,33 @@ def param_checksum(model: torch.nn.Module) -> str:
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator: Accelerator, num_classes: int, desc: str = "eval") -> dict:
-    """Loss, top-1/top-5, per-class accuracy and confusion over `loader`, each sample once."""
+def evaluate(
+    model, loader, accelerator: Accelerator, num_classes: int, desc: str = "eval"
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Metrics over `loader`, each sample once, and the gathered per-sample predictions
+    (topk, label, loss, confidence, index) for reports and galleries."""
     model.eval()
     k = min(5, num_classes)
-    tops, labels, losses = [], [], []
+    keys = ("topk", "label", "loss", "confidence", "index")
+    parts: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
     for batch in runtime.progress(loader, desc, accelerator):
         logits = model(batch["pixel_values"]).float()
         loss = F.cross_entropy(logits, batch["label"], reduction="none")
+        confidence = logits.softmax(dim=1).max(dim=1).values
         top = logits.topk(k, dim=1).indices
         # gather_for_metrics drops the duplicates DDP adds to even out the last batch.
-        top, label, loss = accelerator.gather_for_metrics((top, batch["label"], loss))
-        tops.append(top.cpu())
-        labels.append(label.cpu())
-        losses.append(loss.cpu())
-    if not tops:
-        return {"samples": 0}
-    return metrics.classification_metrics(
-        torch.cat(tops), torch.cat(labels), torch.cat(losses), num_classes
+        gathered = accelerator.gather_for_metrics(
+            (top, batch["label"], loss, confidence, batch["index"])
+        )
+        for key, tensor in zip(keys, gathered):
+            parts[key].append(tensor.cpu())
+    if not parts["label"]:
+        return {"samples": 0}, {}
+    preds = {key: torch.cat(values) for key, values in parts.items()}
+    result = metrics.classification_metrics(
+        preds["topk"], preds["label"], preds["loss"], num_classes, confidence=preds["confidence"]
     )
+    return result, preds
 
 
 def train_epoch(model, loader, optimizer, scheduler, accelerator, tracker, progress, phase) -> dict:
@@ -190,7 +201,7 @@ def train_epoch(model, loader, optimizer, scheduler, accelerator, tracker, progr
 
 
 def _summary_of(result: dict, prefix: str) -> dict:
-    keys = ("loss", "accuracy", "top5_accuracy", "samples")
+    keys = ("loss", "accuracy", "top5_accuracy", "balanced_accuracy", "macro_f1", "ece", "samples")
     return {f"{prefix}_{k}": result[k] for k in keys if k in result}
 
 
@@ -316,7 +327,7 @@ class Run:
         seconds = time.perf_counter() - start
         p.epoch += 1
         val = (
-            evaluate(model, val_loader, a, len(self.class_names), "val")
+            evaluate(model, val_loader, a, len(self.class_names), "val")[0]
             if val_loader is not None
             else {}
         )
@@ -374,32 +385,57 @@ class Run:
             )
         a.wait_for_everyone()
 
-    def test(self) -> dict:
-        """Evaluate the best model (the one in RUN_DIR/model) on the test split."""
-        if "test" not in self.datasets:
-            return {}
+    def final_eval(self) -> tuple[str | None, dict, dict]:
+        """Evaluate the best model (RUN_DIR/model) on test, or on val when there is no test split."""
+        split = next((s for s in ("test", "val") if s in self.datasets), None)
+        if split is None:
+            return None, {}, {}
         a = self.accelerator
-        a.unwrap_model(self.wrapped).load_state_dict(
-            load_file(self.run_dir / "model" / "model.safetensors")
+        best = load_file(self.run_dir / "model" / "model.safetensors")
+        a.unwrap_model(self.wrapped).load_state_dict(best)
+        loader = make_loader(
+            self.datasets[split], self.eval_batch_size, train=False, workers=self.workers, seed=0
         )
-        loader = a.prepare(
-            make_loader(
-                self.datasets["test"],
-                self.eval_batch_size,
-                train=False,
-                workers=self.workers,
-                seed=0,
+        result, preds = evaluate(self.wrapped, a.prepare(loader), a, len(self.class_names), split)
+        if split == "test":
+            p = self.progress
+            self.tracker.log(
+                "test", step=p.step, epoch=p.epoch, phase="test", **_summary_of(result, "test")
             )
-        )
-        result = evaluate(self.wrapped, loader, a, len(self.class_names), "test")
-        self.tracker.log(
-            "test",
-            step=self.progress.step,
-            epoch=self.progress.epoch,
-            phase="test",
-            **_summary_of(result, "test"),
-        )
-        return result
+        return split, result, preds
+
+    def write_report(self, split: str, result: dict, preds: dict) -> None:
+        """RUN_DIR/report.{json,md} and RUN_DIR/plots/*.png (main process), also sent to W&B."""
+        a = self.accelerator
+        if a.is_main_process:
+            plot_dir = self.run_dir / "plots"
+            epochs = [e for e in self.tracker.events if e["event"] == "epoch"]
+            written = {
+                "learning_curves": plots.learning_curves(epochs, plot_dir / "learning_curves.png"),
+                "training_samples": plots.training_samples(
+                    self.datasets["train"],
+                    self.class_names,
+                    self.pre,
+                    plot_dir / "training_samples.png",
+                ),
+            }
+            mistakes = report.confident_mistakes(preds, self.index.splits[split])
+            written |= report.write_report(
+                self.run_dir,
+                result,
+                self.class_names,
+                mistakes,
+                extra_plots={
+                    "learning curves": "plots/learning_curves.png",
+                    "training samples (after augmentation)": "plots/training_samples.png",
+                },
+                split=split,
+                model=str(self.run_dir / "model"),
+                data=str(self.index.root),
+                epoch=self.progress.best_epoch,
+            )
+            self.tracker.log_images(written, step=self.progress.step)
+        a.wait_for_everyone()
 
     def summarize(self, test: dict, train_seconds: float) -> dict:
         a, p = self.accelerator, self.progress
@@ -420,6 +456,7 @@ class Run:
             "mixed_precision": a.mixed_precision,
             "weights_in_sync": len(set(self.checksums)) == 1,
             "model_dir": str(self.run_dir / "model"),
+            "report": str(self.run_dir / "report.md"),
         }
         if a.is_main_process:
             text = json.dumps(summary, indent=2, ensure_ascii=False)
@@ -436,7 +473,10 @@ def run(cfg: RunConfig) -> dict:
         start = time.perf_counter()
         r.fit()
         train_seconds = time.perf_counter() - start
-        test = r.test()
+        split, result, preds = r.final_eval()
+        if split:
+            r.write_report(split, result, preds)
+        test = result if split == "test" else {}
         summary = r.summarize(test, train_seconds)
         sync_cmd = r.tracker.finish()
         line = (

@@ -34,6 +34,7 @@ class Tracker:
         self.run_dir = run_dir
         self.wandb = cfg.tracking.wandb.mode != "disabled"
         self.log_every = cfg.train.log_every
+        self.events: list[dict] = []  # what was logged, for the plots at the end (main process)
         self._file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if self.main else None
         if self.wandb:
             w = cfg.tracking.wandb
@@ -55,6 +56,7 @@ class Tracker:
             "phase": phase,
         }
         record.update({k: _json_safe(v) for k, v in values.items()})
+        self.events.append(record)
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._file.flush()
         if self.wandb:
@@ -64,6 +66,17 @@ class Tracker:
                 if isinstance(v, (int, float)) and not isinstance(v, bool)
             }
             self.accelerator.log({**scalars, "epoch": epoch}, step=step)
+
+    def log_images(self, images: dict[str, Path], step: int) -> None:
+        """PNG files to W&B as images (main process; nothing when W&B is off)."""
+        if not (self.wandb and self.main):
+            return
+        from PIL import Image
+
+        tracker = self.accelerator.get_tracker("wandb")
+        tracker.log_images(
+            {f"plots/{name}": [Image.open(path)] for name, path in images.items()}, step=step
+        )
 
     def finish(self) -> str | None:
         """Close files; returns the `wandb sync` command for an offline run, if any."""

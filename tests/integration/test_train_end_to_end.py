@@ -28,6 +28,13 @@ def test_run_folder_is_complete(trained_run):
     assert meta["class_names"] == ["cat", "dog", "fox"]
     assert meta["architecture"]["name"] == "torchvision/resnet18"
     assert meta["preprocessing"]["image_size"] == 32
+    for name in ("learning_curves", "confusion_matrix", "training_samples", "mistakes"):
+        with Image.open(run / "plots" / f"{name}.png") as img:
+            assert img.format == "PNG" and min(img.size) >= 200, name
+    report = json.loads((run / "report.json").read_text())
+    assert report["split"] == "test" and report["overall"]["samples"] == 6
+    assert {"balanced_accuracy", "macro_f1", "ece", "accuracy"} <= set(report["overall"])
+    assert "![confusion matrix](plots/confusion_matrix.png)" in (run / "report.md").read_text()
     checkpoints = sorted((run / "checkpoints").glob("step-*"))
     assert len(checkpoints) == 2  # one per epoch, keep_last=2
     for ckpt in checkpoints:
@@ -93,6 +100,59 @@ def test_eval_prints_metrics_and_a_per_class_table(trained_run, tmp_path):
     result = json.loads(out.read_text())
     assert result["samples"] == 60
     assert all(name in proc.stdout for name in ("cat", "dog", "fox", "accuracy"))
+
+
+def test_eval_report_writes_json_markdown_and_plots(trained_run, tmp_path):
+    root, run = trained_run
+    proc = run_cli(
+        "trainer", "eval", str(run / "model"), str(root), "--report", str(tmp_path / "rep")
+    )
+    assert_ok(proc)
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["overall"]["samples"] == 60
+    assert [c["class"] for c in report["per_class"]] == ["cat", "dog", "fox"]
+    assert (tmp_path / "rep" / "plots" / "confusion_matrix.png").is_file()
+    assert (tmp_path / "rep" / "report.md").is_file()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_matches_pytorch_on_real_images(trained_run, tmp_path, fmt):
+    root, run = trained_run
+    out = tmp_path / fmt
+    proc = run_cli(
+        "trainer",
+        "export",
+        str(run / "model"),
+        "--format",
+        fmt,
+        "--out",
+        str(out),
+        "--images",
+        str(root / "dog"),
+    )
+    assert_ok(proc)
+    result = json.loads((out / "export.json").read_text())
+    assert result["parity"]["inputs"] == "8 real images"
+    assert result["parity"]["max_abs_diff"] < 1e-3 and result["same_top1"]
+    assert json.loads((out / "config.json").read_text())["class_names"] == ["cat", "dog", "fox"]
+    assert "max |logit difference|" in proc.stdout
+
+
+def test_onnx_export_runs_in_onnxruntime_like_the_model_folder(trained_run, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    import torch
+
+    from trainer.models import load_model_folder
+
+    _, run = trained_run
+    assert_ok(run_cli("trainer", "export", str(run / "model"), "--out", str(tmp_path / "x")))
+    model, _ = load_model_folder(run / "model")
+    x = torch.randn(3, 3, 32, 32)  # another batch size than the export's example
+    session = ort.InferenceSession(
+        str(tmp_path / "x" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    logits = session.run(None, {"pixel_values": x.numpy()})[0]
+    assert abs(logits - model(x).detach().numpy()).max() < 1e-3
 
 
 def test_a_finished_run_is_not_overwritten_by_accident(trained_run):

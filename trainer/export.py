@@ -1,0 +1,113 @@
+"""Export a model folder to ONNX or TorchScript, with a parity check against PyTorch.
+
+The exported folder keeps config.json (class names, preprocessing) and adds export.json with the
+measured parity, so it can be handed to someone who does not use PyTorch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer import data, models
+from trainer.transforms import Preprocessing, eval_transform, load_rgb
+
+FORMATS = ("onnx", "torchscript")
+ONNX_OPSET = 17
+# Max |logit difference| allowed between PyTorch and the export, on fp32 CPU.
+PARITY_ATOL = 1e-3
+
+
+class ExportError(ValueError):
+    """The export could not be made or does not match PyTorch; the message says what differs."""
+
+
+def parity_inputs(
+    pre: Preprocessing, image_paths: list[str], n: int = 8
+) -> tuple[torch.Tensor, str]:
+    """Real images preprocessed as predict does, or random ones when none are given."""
+    files = [
+        f for p in image_paths for f in (data.list_images(Path(p)) if Path(p).is_dir() else [p])
+    ]
+    if files:
+        transform = eval_transform(pre)
+        batch = torch.stack([transform(load_rgb(f)) for f in files[:n]])
+        return batch, f"{len(batch)} real images"
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(
+        n, 3, pre.image_size, pre.image_size, generator=generator
+    ), f"{n} random inputs"
+
+
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    kwargs: dict[str, Any] = {
+        "input_names": ["pixel_values"],
+        "output_names": ["logits"],
+        "dynamic_axes": {"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+        "opset_version": ONNX_OPSET,
+    }
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False  # the TorchScript-based exporter: no onnxscript needed, fast
+    torch.onnx.export(model, (example,), str(path), **kwargs)
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError(
+            "the ONNX parity check needs onnxruntime: pip install 'trainer[export]'"
+        ) from None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+def export_model(
+    model_dir: str | Path, fmt: str, out_dir: str | Path, image_paths: list[str]
+) -> dict[str, Any]:
+    """Write OUT_DIR/model.onnx or model.pt + config.json + export.json; raise if parity fails."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    model, meta = models.load_model_folder(model_dir)
+    model = model.float().eval()
+    pre = Preprocessing.from_dict(meta["preprocessing"])
+    x, what = parity_inputs(pre, image_paths)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        reference = model(x).numpy()
+        if fmt == "onnx":
+            target = out / "model.onnx"
+            _export_onnx(model, x[:1], target)
+            exported = _run_onnx(target, x)
+        else:
+            target = out / "model.pt"
+            torch.jit.save(torch.jit.trace(model, x[:1]), str(target))
+            exported = torch.jit.load(str(target)).eval()(x).numpy()
+    diff = float(np.abs(exported - reference).max())
+    result = {
+        "format": fmt,
+        "file": target.name,
+        "input": {
+            "name": "pixel_values",
+            "shape": ["batch", 3, pre.image_size, pre.image_size],
+            "dtype": "float32",
+        },
+        "output": {"name": "logits", "shape": ["batch", len(meta["class_names"])]},
+        "parity": {"max_abs_diff": diff, "atol": PARITY_ATOL, "inputs": what},
+        "same_top1": bool((exported.argmax(1) == reference.argmax(1)).all()),
+        "torch_version": torch.__version__,
+    }
+    shutil.copy(Path(model_dir) / "config.json", out / "config.json")
+    (out / "export.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if diff > PARITY_ATOL or not result["same_top1"]:
+        raise ExportError(
+            f"{target}: logits differ from PyTorch by {diff:.3g} (allowed {PARITY_ATOL}) on {what}"
+        )
+    return result
