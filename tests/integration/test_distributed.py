@@ -1,6 +1,8 @@
 """Real `accelerate launch` with the CPU profile: 2 processes over gloo."""
 
+import csv
 import json
+import shutil
 
 import pytest
 import yaml
@@ -47,6 +49,31 @@ def test_odd_sized_eval_counts_every_image_once_on_two_processes(trained_run, tm
     assert sum(two["support"]) == 37
     assert two["accuracy"] == pytest.approx(one["accuracy"], abs=1e-9)
     assert two["confusion_matrix"] == one["confusion_matrix"]
+
+
+def test_predict_on_two_processes_writes_each_image_once(trained_run, tmp_path):
+    root, run = trained_run
+    images = tmp_path / "photos"
+    shutil.copytree(root / "dog", images)
+    (images / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "preds.csv"
+    proc = accelerate_launch(
+        "-m",
+        "trainer",
+        "predict",
+        str(run / "model"),
+        str(images),
+        "--batch-size",
+        "3",
+        "--out",
+        str(out),
+    )
+    assert_ok(proc)
+    with open(out, encoding="utf-8") as f:
+        paths = [row["path"] for row in csv.DictReader(f)]
+    assert len(paths) == len(set(paths)) == 20  # 20 readable images, 21 files, 2 x 3 per step
+    skipped = [line for line in proc.stderr.splitlines() if line.startswith("skipped unreadable")]
+    assert len(skipped) == 1 and "broken.png" in skipped[0]
 
 
 def test_two_phase_ddp_training_keeps_weights_identical_across_ranks(tmp_path):
