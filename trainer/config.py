@@ -42,6 +42,14 @@ class DataConfig:
     """Random horizontal flips in training; turn off when mirror images mean something else."""
     min_crop_scale: float = 0.08
     """Smallest area fraction RandomResizedCrop may keep (torchvision's default is 0.08)."""
+    vflip: bool = False
+    """Random vertical flips: for aerial, microscopy or texture images, where up means nothing."""
+    auto_augment: Literal["none", "trivial", "randaugment"] = "none"
+    """Policy augmentation on top of crop/flip: TrivialAugmentWide or RandAugment (torchvision v2)."""
+    random_erasing: float = 0.0
+    """Probability of erasing a random rectangle of each training image (0: off; timm uses 0.25)."""
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
+    """shuffle: each image once per epoch; balanced: draw classes equally often (imbalanced data)."""
 
     def __post_init__(self) -> None:
         if len(self.split) != 3 or any(r < 0 for r in self.split):
@@ -56,6 +64,10 @@ class DataConfig:
             raise ConfigError(f"num_workers: expected >= 0, got {self.num_workers}")
         if not 0 < self.min_crop_scale <= 1:
             raise ConfigError(f"min_crop_scale: expected 0 < x <= 1, got {self.min_crop_scale}")
+        if not 0 <= self.random_erasing <= 1:
+            raise ConfigError(
+                f"random_erasing: expected a probability 0..1, got {self.random_erasing}"
+            )
 
 
 @dataclass
@@ -103,6 +115,12 @@ class OptimConfig:
     """Step scheduler: multiply the learning rate by gamma every this many epochs."""
     gamma: float = 0.1
     """Step scheduler decay factor."""
+    no_decay_norm_bias: bool = True
+    """No weight decay on normalization weights and biases (decaying them only hurts)."""
+    layer_decay: float = 1.0
+    """Layer-wise lr decay: backbone block i of n gets lr x layer_decay^(n - i); 1.0: off (try 0.7)."""
+    clip_grad_norm: float | None = None
+    """Clip the global gradient norm to this before each update; null: no clipping."""
 
     def __post_init__(self) -> None:
         for name in ("lr", "head_lr_mult"):
@@ -112,6 +130,10 @@ class OptimConfig:
             raise ConfigError("weight_decay and warmup_epochs must be >= 0")
         if self.step_epochs < 1:
             raise ConfigError(f"step_epochs: expected >= 1, got {self.step_epochs}")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"layer_decay: expected 0 < x <= 1, got {self.layer_decay}")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ConfigError(f"clip_grad_norm: expected > 0 or null, got {self.clip_grad_norm}")
 
 
 @dataclass
@@ -148,8 +170,39 @@ class TrainConfig:
     """Seeds weights init, shuffling and augmentation (the split has data.split_seed)."""
     log_every: int = 50
     """Write a train event (loss, lr) to metrics.jsonl every this many optimizer steps."""
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing (0: off; 0.1 is the usual value)."""
+    mixup_alpha: float = 0.0
+    """MixUp on each batch with Beta(alpha, alpha) mixing (0: off; 0.2 is typical)."""
+    cutmix_alpha: float = 0.0
+    """CutMix on each batch (0: off; 1.0 is typical); with mixup too, one of the two per batch."""
+    class_weights: Literal["none", "balanced"] = "none"
+    """balanced: weight the loss of each class by N / (classes x its training images)."""
+    ema_decay: float | None = None
+    """Keep an exponential moving average of the weights (e.g. 0.999), evaluated each epoch; the better one is kept."""
+    freeze_bn: bool = True
+    """Keep BatchNorm layers of a frozen backbone in eval mode, so their statistics stay put."""
+    sync_bn: bool = False
+    """SyncBatchNorm across GPUs under DDP (small per-GPU batches); ignored on CPU and one process."""
+    select_metric: Literal["val_accuracy", "val_loss", "val_balanced_accuracy", "val_macro_f1"] = (
+        "val_accuracy"
+    )
+    """The validation number that picks the best epoch (the model that is kept and tested)."""
+    early_stopping_patience: int | None = None
+    """End a phase after this many epochs without a better select_metric; null: never."""
 
     def __post_init__(self) -> None:
+        for name in ("label_smoothing", "mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: expected >= 0, got {getattr(self, name)}")
+        if self.label_smoothing >= 1:
+            raise ConfigError(f"label_smoothing: expected < 1, got {self.label_smoothing}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"ema_decay: expected 0 < x < 1 or null, got {self.ema_decay}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ConfigError(
+                f"early_stopping_patience: expected >= 1 or null, got {self.early_stopping_patience}"
+            )
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs: expected >= 1, got {self.epochs}")
         for name in ("batch_size", "grad_accum_steps", "log_every"):

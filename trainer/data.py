@@ -53,6 +53,13 @@ class DataIndex:
     def counts(self) -> dict[str, int]:
         return {name: len(items) for name, items in self.splits.items()}
 
+    def class_counts(self, split: str) -> list[int]:
+        """Images per class (by label index) in one split."""
+        counts = [0] * len(self.class_names)
+        for _, label in self.splits.get(split, []):
+            counts[label] += 1
+        return counts
+
 
 def is_image_file(name: str) -> bool:
     """By extension; hidden files (.DS_Store, ._foo.jpg from macOS) and Thumbs.db are not images."""
@@ -103,8 +110,8 @@ def scan(cfg: DataConfig) -> DataIndex:
         SPLIT_ALIASES[p.name.lower()]: p for p in _subdirs(root) if p.name.lower() in SPLIT_ALIASES
     }
     if "train" in split_dirs:
-        return _scan_pre_split(root, split_dirs, cfg)
-    return _scan_and_split(root, cfg)
+        return _warn_small_classes(_scan_pre_split(root, split_dirs, cfg))
+    return _warn_small_classes(_scan_and_split(root, cfg))
 
 
 def _usable_classes(folders: dict[str, list[str]], where: Path, notes: list[str]) -> list[str]:
@@ -120,6 +127,19 @@ def _usable_classes(folders: dict[str, list[str]], where: Path, notes: list[str]
             f"found {len(names)}{' (' + ', '.join(names) + ')' if names else ''}"
         )
     return sorted(names)
+
+
+FEW_IMAGES = 10  # a class with fewer training images than this gets a warning
+
+
+def _warn_small_classes(index: DataIndex) -> DataIndex:
+    for name, n in zip(index.class_names, index.class_counts("train")):
+        if n < FEW_IMAGES:
+            index.notes.append(
+                f"class {name!r} has only {n} training images: its numbers will be noisy; more "
+                f"images help most (train.class_weights=balanced or data.sampler=balanced for imbalance)"
+            )
+    return index
 
 
 def _scan_pre_split(root: Path, split_dirs: dict[str, Path], cfg: DataConfig) -> DataIndex:

@@ -1,4 +1,4 @@
-"""run(cfg) -> fit() -> train_epoch() / evaluate(): the whole training run, top to bottom.
+"""run(cfg) -> fit() -> _train_epoch() / evaluate(): the whole training run, top to bottom.
 
 Accelerate does devices, DDP, mixed precision and gradient accumulation. Each phase re-prepares
 the model: DDP registers the parameters that require gradients when it wraps the model, so a
@@ -7,6 +7,7 @@ backbone unfrozen in phase 2 would otherwise never have its gradients all-reduce
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -22,10 +23,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from trainer import checkpoint, data, metrics, models, optim, plots, report, runtime
+from trainer import checkpoint, data, losses, metrics, models, optim, plots, report, runtime
 from trainer.config import ConfigError, PhaseConfig, RunConfig, dump_yaml
+from trainer.ema import ModelEMA
 from trainer.tracking import Tracker, accelerate_log_with
 from trainer.transforms import Preprocessing, eval_transform, train_transform
 
@@ -47,19 +49,30 @@ RUN_FILES = (
 class Progress:
     """Counters and best-so-far that carry across phases (and into checkpoints)."""
 
+    metric: str = "val_accuracy"  # train.select_metric
     step: int = 0  # optimizer updates so far, all phases
     epoch: int = 0  # epochs completed, all phases
+    best_score: float | None = None  # select_metric of the best epoch
     best_val_accuracy: float | None = None
     best_val_loss: float | None = None
     best_epoch: int | None = None
+    stale_epochs: int = 0  # epochs without improvement in the current phase (early stopping)
+
+    def score(self, val: dict[str, Any]) -> tuple[float, float]:
+        """Larger is better: the select metric (negated for loss), then the lower loss."""
+        value = val[self.metric.removeprefix("val_")]
+        return (-value if self.metric == "val_loss" else value, -val["loss"])
 
     def improves(self, val: dict[str, Any]) -> bool:
-        """Higher val accuracy wins; a tie goes to the lower val loss."""
-        if self.best_val_accuracy is None:
-            return True
-        if val["accuracy"] != self.best_val_accuracy:
-            return val["accuracy"] > self.best_val_accuracy
-        return val["loss"] < self.best_val_loss
+        return self.best_score is None or self.score(val) > (self.best_score, -self.best_val_loss)
+
+    def record_best(self, val: dict[str, Any]) -> None:
+        self.best_score = self.score(val)[0]
+        self.best_val_accuracy, self.best_val_loss, self.best_epoch = (
+            val["accuracy"],
+            val["loss"],
+            self.epoch,
+        )
 
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
@@ -98,17 +111,28 @@ def prepare_run_dir(cfg: RunConfig, accelerator: Accelerator) -> Path:
 
 
 def make_loader(
-    ds, batch_size: int, *, train: bool, workers: int, seed: int, drop_last: bool = False
+    ds,
+    batch_size: int,
+    *,
+    train: bool,
+    workers: int,
+    seed: int,
+    drop_last: bool = False,
+    sampler=None,
+    rank: int = 0,
 ) -> DataLoader:
+    """`sampler` replaces shuffling (e.g. class-balanced); workers are seeded per rank."""
     return DataLoader(
         ds,
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         drop_last=drop_last,
         num_workers=workers,
         generator=torch.Generator().manual_seed(seed) if train else None,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
+        worker_init_fn=functools.partial(runtime.seed_worker, rank=rank) if workers > 0 else None,
     )
 
 
@@ -136,7 +160,8 @@ def evaluate(
     keys = ("topk", "label", "loss", "confidence", "index")
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
     for batch in runtime.progress(loader, desc, accelerator):
-        logits = model(batch["pixel_values"]).float()
+        with accelerator.autocast():  # also for models not prepared by accelerate (the EMA copy)
+            logits = model(batch["pixel_values"]).float()
         loss = F.cross_entropy(logits, batch["label"], reduction="none")
         confidence = logits.softmax(dim=1).max(dim=1).values
         top = logits.topk(k, dim=1).indices
@@ -155,69 +180,26 @@ def evaluate(
     return result, preds
 
 
-def train_epoch(model, loader, optimizer, scheduler, accelerator, tracker, progress, phase) -> dict:
-    """One pass over the training data; returns mean loss and running accuracy (augmented)."""
-    model.train()
-    device = accelerator.device
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = torch.zeros((), device=device, dtype=torch.long)
-    bar = runtime.progress(loader, f"{phase.name} epoch {progress.epoch + 1}", accelerator)
-    for batch in bar:
-        with accelerator.accumulate(model):
-            logits = model(batch["pixel_values"])
-            loss = F.cross_entropy(logits.float(), batch["label"])
-            accelerator.backward(loss)
-            optimizer.step()  # a no-op on accumulation micro-steps
-            optimizer.zero_grad(set_to_none=True)
-        n = batch["label"].numel()
-        loss_sum += loss.detach().double() * n  # stays on device: no CPU-GPU sync per step
-        correct += (logits.detach().argmax(dim=1) == batch["label"]).sum()
-        seen += n
-        if accelerator.sync_gradients:
-            lr = optimizer.param_groups[0]["lr"]  # the rate this update used
-            scheduler.step()
-            progress.step += 1
-            if progress.step % tracker.log_every == 0:
-                value = loss.item()  # CPU-GPU sync point, once per log_every updates
-                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
-                tracker.log(
-                    "train",
-                    step=progress.step,
-                    epoch=progress.epoch + 1,
-                    phase=phase.name,
-                    loss=value,
-                    lr=lr,
-                )
-    totals = accelerator.reduce(
-        torch.stack([loss_sum, correct.double(), seen.double()]), reduction="sum"
-    )
-    loss_sum, correct, seen = totals.tolist()
-    return {
-        "loss": loss_sum / max(seen, 1),
-        "accuracy": correct / max(seen, 1),
-        "samples": int(seen),
-    }
-
-
 def _summary_of(result: dict, prefix: str) -> dict:
     keys = ("loss", "accuracy", "top5_accuracy", "balanced_accuracy", "macro_f1", "ece", "samples")
     return {f"{prefix}_{k}": result[k] for k in keys if k in result}
 
 
 class Run:
-    """Everything one training run holds; `fit()` and `test()` read top to bottom."""
+    """Everything one training run holds; `fit()` and `final_eval()` read top to bottom."""
 
     def __init__(self, cfg: RunConfig, accelerator: Accelerator):
         self.cfg = cfg
         self.accelerator = accelerator
         self.run_dir = prepare_run_dir(cfg, self.accelerator)
         self.print = self.accelerator.print
-        set_seed(cfg.train.seed)
+        set_seed(cfg.train.seed)  # the same initial weights on every rank
         self.index = data.scan(cfg.data)
         self.class_names = self.index.class_names
         with self.accelerator.main_process_first():  # one download of pretrained weights
             self.model, pre = models.build_model(cfg.model, len(self.class_names))
+        # Distinct augmentation randomness per rank from here on (the weights are already equal).
+        set_seed(cfg.train.seed + accelerator.process_index)
         self.pre: Preprocessing = pre.with_size(cfg.data.image_size)
         self.datasets = {
             split: data.to_hf_dataset(
@@ -232,8 +214,17 @@ class Run:
         self.workers = runtime.auto_num_workers(
             cfg.data.num_workers, self.accelerator.num_processes
         )
+        self.class_counts = self.index.class_counts("train")
+        weights = (
+            losses.balanced_class_weights(self.class_counts)
+            if cfg.train.class_weights == "balanced"
+            else None
+        )
+        self.criterion = losses.Criterion(cfg.train, weights).to(accelerator.device)
+        self.mixer = losses.batch_mixer(cfg.train, len(self.class_names))
+        self.ema: ModelEMA | None = None
         self.tracker = Tracker(self.accelerator, self.run_dir, cfg)
-        self.progress = Progress()
+        self.progress = Progress(metric=cfg.train.select_metric)
         if self.accelerator.is_main_process:
             data.write_splits_csv(self.index, self.run_dir / "splits.csv")
         self._describe()
@@ -253,8 +244,16 @@ class Run:
         )
 
     def loaders(self) -> tuple[DataLoader, DataLoader | None]:
-        cfg = self.cfg.train
+        cfg, rank = self.cfg.train, self.accelerator.process_index
         train_ds = self.datasets["train"]
+        sampler = None
+        if self.cfg.data.sampler == "balanced":
+            # Each image drawn with probability 1 / its class size: classes come equally often.
+            per_image = [1.0 / self.class_counts[label] for _, label in self.index.splits["train"]]
+            generator = torch.Generator().manual_seed(cfg.seed)  # the same draws on every rank
+            sampler = WeightedRandomSampler(
+                per_image, len(per_image), replacement=True, generator=generator
+            )
         # Drop the ragged last batch when there is a full one: a batch of 1 breaks BatchNorm.
         full = len(train_ds) >= cfg.batch_size * self.accelerator.num_processes
         train = make_loader(
@@ -264,6 +263,8 @@ class Run:
             workers=self.workers,
             seed=cfg.seed,
             drop_last=full,
+            sampler=sampler,
+            rank=rank,
         )
         val = None
         if "val" in self.datasets:
@@ -273,6 +274,7 @@ class Run:
                 train=False,
                 workers=self.workers,
                 seed=cfg.seed,
+                rank=rank,
             )
         return train, val
 
@@ -280,9 +282,23 @@ class Run:
     def eval_batch_size(self) -> int:
         return self.cfg.train.eval_batch_size or 2 * self.cfg.train.batch_size
 
+    def _sync_batchnorm(self, model: torch.nn.Module) -> torch.nn.Module:
+        a = self.accelerator
+        if not self.cfg.train.sync_bn or a.num_processes == 1:
+            return model
+        if a.device.type != "cuda":
+            self.print(
+                "note: train.sync_bn needs CUDA; keeping per-process BatchNorm on this device"
+            )
+            return model
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
     def fit(self) -> None:
         a = self.accelerator
-        model = self.model
+        model = self._sync_batchnorm(self.model)
+        if self.cfg.train.ema_decay:
+            self.ema = ModelEMA(model, self.cfg.train.ema_decay)
+            self.ema.module.to(a.device)
         for phase_index, phase in enumerate(self.cfg.train.phases):
             model = a.unwrap_model(model, keep_fp32_wrapper=False)
             a.free_memory()  # forget the previous phase's wrapped objects before re-preparing
@@ -301,14 +317,69 @@ class Run:
                 f"(head x{phase.optim.head_lr_mult:g}), {phase.optim.scheduler} schedule, "
                 f"{models.count_trainable(a.unwrap_model(model)):,} trainable parameters"
             )
+            self.progress.stale_epochs = 0
             for _ in range(phase.epochs):
                 self._epoch(
                     model, optimizer, scheduler, train_loader, val_loader, phase, phase_index
                 )
+                patience = self.cfg.train.early_stopping_patience
+                if patience and self.progress.stale_epochs >= patience:
+                    self.print(
+                        f"early stopping: {patience} epochs without a better {self.progress.metric}"
+                    )
+                    break
         self.model = a.unwrap_model(model, keep_fp32_wrapper=False)
         self.wrapped = model
-        # Checked before test() loads the saved best weights, which would make every rank equal.
+        # Checked before final_eval() loads the saved best weights, which would make every rank equal.
         self.checksums = gather_object([param_checksum(self.model)])
+
+    def _train_epoch(self, model, loader, optimizer, scheduler, phase: PhaseConfig) -> dict:
+        """One pass over the training data; returns mean loss and running accuracy (augmented)."""
+        a, p, cfg = self.accelerator, self.progress, self.cfg.train
+        model.train()
+        if phase.freeze == "backbone" and cfg.freeze_bn:
+            models.freeze_batchnorm(a.unwrap_model(model).backbone)
+        loss_sum = torch.zeros((), device=a.device, dtype=torch.float64)
+        correct = torch.zeros((), device=a.device, dtype=torch.long)
+        seen = torch.zeros((), device=a.device, dtype=torch.long)
+        clip = phase.optim.clip_grad_norm
+        bar = runtime.progress(loader, f"{phase.name} epoch {p.epoch + 1}", a)
+        for batch in bar:
+            images, labels = batch["pixel_values"], batch["label"]
+            targets = labels
+            if self.mixer is not None:
+                images, targets = self.mixer(images, labels)  # soft targets (B, C)
+            with a.accumulate(model):
+                logits = model(images)
+                loss = self.criterion(logits, targets)
+                a.backward(loss)
+                if clip and a.sync_gradients:
+                    a.clip_grad_norm_(model.parameters(), clip)
+                optimizer.step()  # a no-op on accumulation micro-steps
+                optimizer.zero_grad(set_to_none=True)
+            n = labels.numel()
+            loss_sum += loss.detach().double() * n  # stays on device: no CPU-GPU sync per step
+            correct += (logits.detach().argmax(dim=1) == labels).sum()
+            seen += n
+            if a.sync_gradients:
+                lr = optimizer.param_groups[-1]["lr"]  # the head's rate this update used
+                scheduler.step()
+                p.step += 1
+                if self.ema is not None:
+                    self.ema.update(a.unwrap_model(model))
+                if p.step % self.tracker.log_every == 0:
+                    value = loss.item()  # CPU-GPU sync point, once per log_every updates
+                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+                    self.tracker.log(
+                        "train", step=p.step, epoch=p.epoch + 1, phase=phase.name, loss=value, lr=lr
+                    )
+        totals = a.reduce(torch.stack([loss_sum, correct.double(), seen.double()]), reduction="sum")
+        loss_sum, correct, seen = totals.tolist()
+        return {
+            "loss": loss_sum / max(seen, 1),
+            "accuracy": correct / max(seen, 1),
+            "samples": int(seen),
+        }
 
     def _epoch(
         self,
@@ -323,19 +394,22 @@ class Run:
         a, p = self.accelerator, self.progress
         train_loader.set_epoch(p.epoch)
         start = time.perf_counter()
-        train = train_epoch(model, train_loader, optimizer, scheduler, a, self.tracker, p, phase)
+        train = self._train_epoch(model, train_loader, optimizer, scheduler, phase)
         seconds = time.perf_counter() - start
         p.epoch += 1
-        val = (
-            evaluate(model, val_loader, a, len(self.class_names), "val")[0]
-            if val_loader is not None
+        n_classes = len(self.class_names)
+        val = evaluate(model, val_loader, a, n_classes, "val")[0] if val_loader is not None else {}
+        ema_val = (
+            evaluate(self.ema.module, val_loader, a, n_classes, "val ema")[0]
+            if self.ema and val
             else {}
         )
         values = {
             "train_loss": train["loss"],
             "train_accuracy": train["accuracy"],
             **(_summary_of(val, "val") if val.get("samples") else {}),
-            "lr": optimizer.param_groups[0]["lr"],
+            **(_summary_of(ema_val, "val_ema") if ema_val.get("samples") else {}),
+            "lr": optimizer.param_groups[-1]["lr"],
             "epoch_seconds": round(seconds, 3),
             "images_per_second": round(train["samples"] / seconds, 1),
         }
@@ -345,43 +419,52 @@ class Run:
             if val.get("samples")
             else "no val split"
         )
+        if ema_val:
+            shown += f" | ema acc {ema_val['accuracy']:.4f}"
         self.print(
             f"epoch {p.epoch} [{phase.name}] train loss {train['loss']:.4f} acc {train['accuracy']:.4f} | "
             f"{shown} | {seconds:.1f}s, {values['images_per_second']:.0f} img/s"
         )
-        # Without a val split the last epoch is the one kept.
-        if not val.get("samples") or p.improves(val):
-            if val.get("samples"):
-                p.best_val_accuracy, p.best_val_loss, p.best_epoch = (
-                    val["accuracy"],
-                    val["loss"],
-                    p.epoch,
-                )
-            self._save_model(model, val)
+        self._select(model, val, ema_val)
         if self.cfg.checkpoint.enabled:
             state = {"phase_index": phase_index, "phase": phase.name, **p.__dict__}
             checkpoint.save_checkpoint(
                 a, self.run_dir / "checkpoints", p.step, state, self.cfg.checkpoint.keep_last
             )
 
-    def _save_model(self, model, val: dict) -> None:
+    def _select(self, model, val: dict, ema_val: dict) -> None:
+        """Keep the better of the trained and the EMA weights if it beats the best so far
+        (without a val split: the last epoch's trained weights)."""
+        a, p = self.accelerator, self.progress
+        if not val.get("samples"):
+            self._save_model(a.unwrap_model(model), val, "trained")
+            return
+        candidates = [(val, a.unwrap_model(model), "trained")]
+        if ema_val.get("samples"):
+            candidates.append((ema_val, self.ema.module, "ema"))
+        best_val, weights, kind = max(candidates, key=lambda c: p.score(c[0]))
+        if p.improves(best_val):
+            p.record_best(best_val)
+            p.stale_epochs = 0
+            self._save_model(weights, best_val, kind)
+        else:
+            p.stale_epochs += 1
+
+    def _save_model(self, model: torch.nn.Module, val: dict, weights: str) -> None:
         a = self.accelerator
         if a.is_main_process:
             extra = {
                 "selected": {
                     "epoch": self.progress.epoch,
+                    "weights": weights,
+                    "metric": self.progress.metric,
                     "val_accuracy": val.get("accuracy"),
                     "val_loss": val.get("loss"),
                 },
                 "trainer_version": runtime._version("trainer"),
             }
             models.save_model_folder(
-                a.unwrap_model(model),
-                self.run_dir / "model",
-                self.cfg.model,
-                self.class_names,
-                self.pre,
-                extra,
+                model, self.run_dir / "model", self.cfg.model, self.class_names, self.pre, extra
             )
         a.wait_for_everyone()
 

@@ -280,6 +280,14 @@ def set_frozen(model: Classifier, freeze: str) -> None:
         p.requires_grad_(True)
 
 
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Put BatchNorm layers in eval mode: a frozen backbone's running statistics then stay put
+    (in train mode they would keep moving with no gradient step following them)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

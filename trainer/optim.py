@@ -1,4 +1,5 @@
-"""Optimizers with a head learning-rate multiplier, and learning-rate schedules as pure functions."""
+"""Optimizers with parameter groups (head lr multiplier, layer-wise lr decay, no decay on norms and
+biases), and learning-rate schedules as pure functions."""
 
 from __future__ import annotations
 
@@ -10,22 +11,72 @@ from torch.optim.lr_scheduler import LambdaLR
 from trainer.config import OptimConfig
 from trainer.models import Classifier
 
+NORM_TYPES = (
+    torch.nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+    torch.nn.LayerNorm,
+    torch.nn.GroupNorm,
+    torch.nn.LocalResponseNorm,
+)
+
+
+def no_decay_names(model: torch.nn.Module) -> set[str]:
+    """Parameters that take no weight decay: every bias and every normalization-layer weight."""
+    names = set()
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            if param_name == "bias" or isinstance(module, NORM_TYPES):
+                names.add(f"{module_name}.{param_name}" if module_name else param_name)
+    return names
+
+
+def backbone_depths(backbone: torch.nn.Module) -> tuple[dict[str, int], int]:
+    """Depth of each backbone parameter: the index of its top-level block (stem 1 ... last n)."""
+    depth, n = {}, 0
+    for child_name, child in backbone.named_children():
+        params = list(child.named_parameters())
+        if params:
+            n += 1
+            depth.update({f"{child_name}.{name}": n for name, _ in params})
+    for name, _ in backbone.named_parameters(recurse=False):  # parameters held by the root
+        depth[name] = n
+    return depth, n
+
 
 def param_groups(model: Classifier, cfg: OptimConfig) -> list[dict]:
-    """Trainable backbone parameters at lr, head parameters at lr x head_lr_mult."""
-    groups = [
-        {
-            "name": "backbone",
-            "params": [p for p in model.backbone.parameters() if p.requires_grad],
-            "lr": cfg.lr,
-        },
-        {
-            "name": "head",
-            "params": [p for p in model.head.parameters() if p.requires_grad],
-            "lr": cfg.lr * cfg.head_lr_mult,
-        },
-    ]
-    return [g for g in groups if g["params"]]
+    """Trainable parameters grouped by (part, depth, decay).
+
+    Backbone: lr x layer_decay^(n - depth) (layer-wise decay; 1.0 keeps every block at lr);
+    head: lr x head_lr_mult. Biases and norm weights get weight_decay 0 when no_decay_norm_bias.
+    """
+    skip = no_decay_names(model) if cfg.no_decay_norm_bias else set()
+    depth, n = backbone_depths(model.backbone)
+    groups: dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        part, _, inner = name.partition(".")
+        if part == "head":
+            lr, level = cfg.lr * cfg.head_lr_mult, n + 1
+        else:
+            level = depth[inner]
+            lr = cfg.lr * cfg.layer_decay ** (n - level)
+        decay = name not in skip
+        key = (part, level if cfg.layer_decay != 1.0 else 0, decay)
+        group = groups.setdefault(
+            key,
+            {
+                "name": part
+                + (f".{level}" if key[1] and part != "head" else "")
+                + ("" if decay else ".no_decay"),
+                "params": [],
+                "param_names": [],
+                "lr": lr,
+                "weight_decay": cfg.weight_decay if decay else 0.0,
+            },
+        )
+        group["params"].append(p)
+        group["param_names"].append(name)
+    return list(groups.values())
 
 
 def build_optimizer(model: Classifier, cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -93,8 +93,9 @@ def _to_normalized_tensor(pre: Preprocessing) -> list:
 
 
 def train_transform(pre: Preprocessing, cfg: DataConfig) -> v2.Compose:
-    """Random crop (and flip) on the PIL image, then a normalized float tensor (C, H, W)."""
-    ops = [
+    """Random crop, flips and policy augmentation on the PIL image, then a normalized float
+    tensor (C, H, W), then random erasing (which works on the normalized tensor)."""
+    ops: list = [
         v2.RandomResizedCrop(
             pre.image_size,
             scale=(cfg.min_crop_scale, 1.0),
@@ -104,7 +105,16 @@ def train_transform(pre: Preprocessing, cfg: DataConfig) -> v2.Compose:
     ]
     if cfg.hflip:
         ops.append(v2.RandomHorizontalFlip())
-    return v2.Compose(ops + _to_normalized_tensor(pre))
+    if cfg.vflip:
+        ops.append(v2.RandomVerticalFlip())
+    if cfg.auto_augment == "trivial":
+        ops.append(v2.TrivialAugmentWide(interpolation=_interp(pre)))
+    elif cfg.auto_augment == "randaugment":
+        ops.append(v2.RandAugment(interpolation=_interp(pre)))
+    ops += _to_normalized_tensor(pre)
+    if cfg.random_erasing > 0:
+        ops.append(v2.RandomErasing(p=cfg.random_erasing, value=0))  # 0 = the mean after Normalize
+    return v2.Compose(ops)
 
 
 def eval_transform(pre: Preprocessing) -> v2.Compose:
