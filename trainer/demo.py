@@ -32,3 +32,26 @@ def write_digits(folder: str | Path, size: int = 32) -> Path:
         canvas.save(out)
     marker.write_text(f"{len(digits.target)} images\n")
     return folder
+
+
+def write_lfw_faces(folder: str | Path, size: int = 32) -> Path:
+    """scikit-image's bundled LFW subset as a 2-class folder: FOLDER/face/ and FOLDER/not_face/.
+
+    200 grayscale 25x25 crops from Labeled Faces in the Wild: the first 100 are faces, the last 100
+    are other patches of the same photos (skimage.data.lfw_subset). Upscaled to size x size PNGs.
+    """
+    from skimage.data import lfw_subset  # a dev dependency, for the accuracy table
+
+    folder = Path(folder)
+    marker = folder / ".complete"
+    if marker.is_file():
+        return folder
+    images = lfw_subset()
+    for i, pixels in enumerate(images):
+        label = "face" if i < 100 else "not_face"
+        img = Image.fromarray((pixels * 255).round().astype(np.uint8), "L")
+        out = folder / label / f"{i:03d}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        img.resize((size, size), Image.Resampling.BICUBIC).save(out)
+    marker.write_text(f"{len(images)} images\n")
+    return folder

@@ -35,6 +35,7 @@ def test_packaged_recipe_by_name():
     )
     assert (phase.optim.step_epochs, phase.optim.gamma) == (30, 0.1)
     assert cfg.data.split == [0.7, 0.2, 0.1]
+    assert phase.optim.no_decay_norm_bias is False  # the reference decays every parameter
 
 
 def test_two_phase_recipe_phases_inherit_top_level_optim():
@@ -53,6 +54,7 @@ def test_two_phase_recipe_phases_inherit_top_level_optim():
         2e-5,
     )
     assert (cfg.model.head, cfg.model.head_hidden) == ("mlp", 128)
+    assert cfg.train.freeze_bn is False  # as the reference: BatchNorm stays in train mode
 
 
 def test_train_epochs_sets_the_single_phase_and_is_refused_for_several():
