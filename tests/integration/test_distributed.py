@@ -19,31 +19,9 @@ def test_odd_sized_eval_counts_every_image_once_on_two_processes(trained_run, tm
         make_folder(data, [cls], n, seed=5)
     single, double = tmp_path / "one.json", tmp_path / "two.json"
     # batch 4 x 2 processes: 37 is no multiple of 8, so DDP pads the last batch with repeats.
-    assert_ok(
-        run_cli(
-            "trainer",
-            "eval",
-            str(run / "model"),
-            str(data),
-            "--batch-size",
-            "4",
-            "--json",
-            str(single),
-        )
-    )
-    assert_ok(
-        accelerate_launch(
-            "-m",
-            "trainer",
-            "eval",
-            str(run / "model"),
-            str(data),
-            "--batch-size",
-            "4",
-            "--json",
-            str(double),
-        )
-    )
+    args = ("eval", str(run / "model"), str(data), "--batch-size", "4", "--json")
+    assert_ok(run_cli("trainer", *args, str(single)))
+    assert_ok(accelerate_launch("-m", "trainer", *args, str(double)))
     one, two = json.loads(single.read_text()), json.loads(double.read_text())
     assert one["samples"] == two["samples"] == 37
     assert sum(two["support"]) == 37
