@@ -29,6 +29,16 @@ TRICKS = [
 DATASETS = {
     # name: (builder, base overrides)
     "digits (sklearn, 10 classes, 1,797 images)": (write_digits, ["--config", "digits"]),
+    "digits, low data: 10% for training (~180 images), 70% test": (
+        write_digits,
+        [
+            "--config",
+            "digits",
+            "data.split=[0.1,0.2,0.7]",
+            "train.epochs=30",
+            "train.batch_size=32",
+        ],
+    ),
     "LFW faces vs non-faces (skimage, 2 classes, 200 images)": (
         write_lfw_faces,
         [
@@ -66,21 +76,20 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--only", help="run only the data sets whose name contains this text")
     parser.add_argument("--out", default="runs/accuracy")
     args = parser.parse_args()
     out = Path(args.out)
     rows = []
     for name, (builder, base) in DATASETS.items():
+        if args.only and args.only not in name:
+            continue
         data = builder(out / "data" / builder.__name__.removeprefix("write_"))
         for variant, extra in (("recipe", []), ("recipe + switches", TRICKS)):
             accs, seconds = [], []
             for seed in args.seeds:
-                run = (
-                    out
-                    / builder.__name__
-                    / variant.replace(" ", "").replace("+", "_")
-                    / f"seed{seed}"
-                )
+                slug = f"{len(rows) // 2}-{builder.__name__.removeprefix('write_')}"
+                run = out / slug / variant.replace(" ", "").replace("+", "_") / f"seed{seed}"
                 summary = train(base, [*extra, f"train.seed={seed}"], data, run)
                 accs.append(summary["test_accuracy"])
                 seconds.append(summary["train_seconds"])
