@@ -82,7 +82,7 @@ def run_cli(
 
 
 def accelerate_launch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Two real gloo processes through the project's CPU profile."""
+    """Two real gloo processes through the project's CPU profile (on CPU also where GPUs exist)."""
     return run_cli(
         "accelerate",
         "launch",
@@ -92,6 +92,7 @@ def accelerate_launch(*args: str, timeout: int = 600) -> subprocess.CompletedPro
         str(free_port()),
         *args,
         timeout=timeout,
+        env={"ACCELERATE_USE_CPU": "true"},
     )
 
 

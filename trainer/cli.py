@@ -18,7 +18,8 @@ overrides are dotted keys, e.g.:
   trainer train data.root=photos/ output_dir=runs/photos train.epochs=5 model.name=torchvision/resnet50
   trainer train --config resnet50-two-phase data.root=veg/ train.phases.1.optim.lr=2e-5
 the same with several processes (GPUs, or 2 CPU processes with the cpu profile):
-  accelerate launch --config_file accelerate_configs/multi_gpu.yaml train.py --config X.yaml key=value ...
+  accelerate launch --config_file accelerate_configs/multi_gpu.yaml --num_processes N train.py --config X.yaml key=value ...
+  launch/local_multi_gpu.sh --config X.yaml key=value ...   (all GPUs of this machine)
 every key, its type, default and meaning: trainer config --keys
 """
 
@@ -179,7 +180,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"  top5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else "")
     print(f"{'class':24} {'support':>8} {'accuracy':>9}")
     for name, n, acc in zip(names, result["support"], result["per_class_accuracy"]):
-        print(f"{name:24} {n:8d} {acc if acc is None else format(acc, '.4f'):>9}")
+        print(f"{name:24} {n:8d} {'-' if acc is None else format(acc, '.4f'):>9}")
     if args.json:
         Path(args.json).write_text(
             json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8"
@@ -267,8 +268,17 @@ def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _one_line(error: Exception) -> str:
+    """The message of an error; from a DataLoader worker only its last line, not the traceback
+    text torch wraps around it."""
+    text = str(error).strip()
+    return text.splitlines()[-1].split(": ", 1)[-1] if "Original Traceback" in text else text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if os.environ.get("TRAINER_OFFLINE", "") not in ("", "0"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm's weights come through the HF hub
     from trainer.config import ConfigError
     from trainer.data import DataError
     from trainer.models import ModelError
@@ -277,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except (ConfigError, DataError, ModelError, FileNotFoundError) as e:
         if _is_main():
-            print(f"trainer {args.command}: error: {e}", file=sys.stderr)
+            print(f"trainer {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

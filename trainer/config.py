@@ -155,7 +155,7 @@ class PhaseConfig:
 @dataclass
 class TrainConfig:
     epochs: int | None = None
-    """Epochs of a single-phase run (sets the one phase's epochs); multi-phase: train.phases.N.epochs."""
+    """Epochs of a single-phase run: sets the one phase's epochs (shown there); several phases: train.phases.N.epochs."""
     phases: list[PhaseConfig] = field(default_factory=list)
     """Transfer-learning phases run in order; empty: one phase of train.epochs (10) with optim."""
     batch_size: int = 64
@@ -392,26 +392,57 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _resolve_phases(tree: dict) -> None:
-    """Fill every phase's optim from the top-level optim; apply train.epochs to a single phase."""
+def _phases(tree: dict) -> list[dict]:
+    train = tree.get("train")
+    phases = train.get("phases") if isinstance(train, dict) else None
+    if phases is None:
+        return []
+    if not isinstance(phases, list) or not all(isinstance(p, dict) for p in phases):
+        raise ConfigError(f"train.phases: expected a list of mappings, got {phases!r}")
+    for n, p in enumerate(phases):
+        if not isinstance(p.get("optim") or {}, dict):
+            raise ConfigError(f"train.phases.{n}.optim: expected a mapping, got {p['optim']!r}")
+    return phases
+
+
+def _set_epochs(tree: dict, epochs: Any) -> None:
+    """train.epochs: the epochs of a single-phase run; kept in the phase, not twice."""
+    phases = _phases(tree)
+    if len(phases) > 1:
+        raise ConfigError(
+            f"train.epochs: this config has {len(phases)} phases; set each one's epochs "
+            "with train.phases.N.epochs=... instead"
+        )
+    phases[0]["epochs"] = epochs
+    tree["train"]["epochs"] = None
+
+
+def _fill_phases(tree: dict) -> None:
+    """Give every phase the top-level optim keys it does not set itself; one phase if none."""
     train = tree.setdefault("train", {})
     if not isinstance(train, dict):
         return  # _build reports the type error
-    phases = train.get("phases") or [{"name": "train"}]
-    if not isinstance(phases, list) or not all(isinstance(p, dict) for p in phases):
-        raise ConfigError(f"train.phases: expected a list of mappings, got {phases!r}")
-    epochs = train.get("epochs")
-    if epochs is not None:
-        if len(phases) > 1:
-            raise ConfigError(
-                f"train.epochs: this config has {len(phases)} phases; set each one's epochs "
-                "with train.phases.N.epochs=... instead"
-            )
-        phases = [{**phases[0], "epochs": epochs}]
+    if not _phases(tree):
+        train["phases"] = [{"name": "train"}]
     root_optim = tree.get("optim") or {}
     if not isinstance(root_optim, dict):
         raise ConfigError(f"optim: expected a mapping, got {root_optim!r}")
-    train["phases"] = [{**p, "optim": {**root_optim, **(p.get("optim") or {})}} for p in phases]
+    train["phases"] = [
+        {**p, "optim": {**root_optim, **(p.get("optim") or {})}} for p in _phases(tree)
+    ]
+    if train.get("epochs") is not None:
+        _set_epochs(tree, train["epochs"])
+
+
+def _apply_override(tree: dict, key: str, value: Any) -> None:
+    """Overrides come last and win: `optim.X` sets X in every phase, `train.epochs` the one phase."""
+    if key == "train.epochs":
+        _set_epochs(tree, value)
+        return
+    _set_dotted(tree, key, value)
+    if key.startswith("optim."):
+        for n in range(len(_phases(tree))):
+            _set_dotted(tree, f"train.phases.{n}.{key}", value)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -460,9 +491,10 @@ def load_config(config: str | None = None, overrides: list[str] = ()) -> RunConf
     tree["train"]["phases"] = []  # phases come from the file, or one is made from train.epochs
     if config:
         tree = _deep_merge(tree, load_yaml(find_recipe(config)))
+    _fill_phases(tree)
     for text in overrides:
-        _set_dotted(tree, *parse_override(text))
-    _resolve_phases(tree)
+        _apply_override(tree, *parse_override(text))
+    _fill_phases(tree)  # phases given whole on the command line get the top-level optim too
     return _build(RunConfig, tree, "")
 
 

@@ -267,8 +267,16 @@ class _ApplyTransform:
     def __init__(self, transform: Callable):
         self.transform = transform
 
+    def _load(self, path: str):
+        try:
+            return self.transform(load_rgb(path))
+        except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises for broken files
+            raise DataError(
+                f"{path}: unreadable image ({type(e).__name__}: {e}); remove or fix it"
+            ) from None
+
     def __call__(self, batch: dict) -> dict:
-        pixels = [self.transform(load_rgb(image["path"])) for image in batch["image"]]
+        pixels = [self._load(image["path"]) for image in batch["image"]]
         return {"pixel_values": pixels, "label": batch["label"], "index": batch["index"]}
 
 

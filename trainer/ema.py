@@ -12,7 +12,8 @@ class ModelEMA:
     """ema = d x ema + (1 - d) x weights after every optimizer update.
 
     The decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates, so a short run is
-    not dominated by the random initial weights. Buffers (BatchNorm statistics) are copied.
+    not dominated by the random initial weights. Floating-point buffers (BatchNorm statistics) are
+    averaged like the weights (as timm does), integer ones copied.
     """
 
     def __init__(self, model: nn.Module, decay: float):
@@ -35,3 +36,11 @@ class ModelEMA:
                 own[name].mul_(d).add_(value.detach(), alpha=1 - d)
             else:
                 own[name].copy_(value)
+
+    @torch.no_grad()
+    def sync(self, accelerator) -> None:
+        """Make every rank hold rank 0's EMA. The weights agree already (DDP), but BatchNorm
+        statistics are updated per rank between DDP's buffer broadcasts."""
+        if accelerator.num_processes > 1:
+            for tensor in self.module.state_dict().values():
+                torch.distributed.broadcast(tensor, src=0)

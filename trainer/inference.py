@@ -44,7 +44,7 @@ def evaluate_folder(
         names = meta["class_names"]
         items = data.labelled_items(data_dir, names, split)
         ds = data.to_hf_dataset(items, names, eval_transform(pre))
-        n_workers = runtime.auto_num_workers(workers, accelerator.num_processes)
+        n_workers = runtime.auto_num_workers(workers, runtime.local_world_size(accelerator))
         loader = make_loader(ds, batch_size, train=False, workers=n_workers, seed=0)
         result, preds = evaluate(
             model, accelerator.prepare(loader), accelerator, len(names), "eval"
@@ -110,7 +110,7 @@ def predict_paths(
         if not files:
             raise FileNotFoundError(f"no images found in {paths}")
         k = max(1, min(topk, len(names)))
-        n_workers = runtime.auto_num_workers(workers, accelerator.num_processes)
+        n_workers = runtime.auto_num_workers(workers, runtime.local_world_size(accelerator))
         loader = accelerator.prepare(
             DataLoader(_PathDataset(files, pre), batch_size=batch_size, num_workers=n_workers)
         )

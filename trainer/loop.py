@@ -212,7 +212,7 @@ class Run:
             for split, items in self.index.splits.items()
         }
         self.workers = runtime.auto_num_workers(
-            cfg.data.num_workers, self.accelerator.num_processes
+            cfg.data.num_workers, runtime.local_world_size(accelerator)
         )
         self.class_counts = self.index.class_counts("train")
         weights = (
@@ -299,6 +299,8 @@ class Run:
         if self.cfg.train.ema_decay:
             self.ema = ModelEMA(model, self.cfg.train.ema_decay)
             self.ema.module.to(a.device)
+        self.scheduler_slot = optim.SchedulerSlot()
+        a.register_for_checkpointing(self.scheduler_slot)
         for phase_index, phase in enumerate(self.cfg.train.phases):
             model = a.unwrap_model(model, keep_fp32_wrapper=False)
             a.free_memory()  # forget the previous phase's wrapped objects before re-preparing
@@ -310,7 +312,7 @@ class Run:
                 val_loader = a.prepare(val_loader)
             steps_per_epoch = math.ceil(len(train_loader) / self.cfg.train.grad_accum_steps)
             scheduler = optim.build_scheduler(optimizer, phase.optim, steps_per_epoch, phase.epochs)
-            a.register_for_checkpointing(scheduler)
+            self.scheduler_slot.scheduler = scheduler
             self.print(
                 f"phase {phase_index + 1}/{len(self.cfg.train.phases)} '{phase.name}': {phase.epochs} epochs, "
                 f"freeze={phase.freeze}, {phase.optim.optimizer} lr {phase.optim.lr:g} "
@@ -339,7 +341,7 @@ class Run:
         model.train()
         if phase.freeze == "backbone" and cfg.freeze_bn:
             models.freeze_batchnorm(a.unwrap_model(model).backbone)
-        loss_sum = torch.zeros((), device=a.device, dtype=torch.float64)
+        loss_sum = torch.zeros((), device=a.device, dtype=torch.float32)  # MPS has no float64
         correct = torch.zeros((), device=a.device, dtype=torch.long)
         seen = torch.zeros((), device=a.device, dtype=torch.long)
         clip = phase.optim.clip_grad_norm
@@ -358,7 +360,7 @@ class Run:
                 optimizer.step()  # a no-op on accumulation micro-steps
                 optimizer.zero_grad(set_to_none=True)
             n = labels.numel()
-            loss_sum += loss.detach().double() * n  # stays on device: no CPU-GPU sync per step
+            loss_sum += loss.detach().float() * n  # stays on device: no CPU-GPU sync per step
             correct += (logits.detach().argmax(dim=1) == labels).sum()
             seen += n
             if a.sync_gradients:
@@ -373,7 +375,7 @@ class Run:
                     self.tracker.log(
                         "train", step=p.step, epoch=p.epoch + 1, phase=phase.name, loss=value, lr=lr
                     )
-        totals = a.reduce(torch.stack([loss_sum, correct.double(), seen.double()]), reduction="sum")
+        totals = a.reduce(torch.stack([loss_sum, correct.float(), seen.float()]), reduction="sum")
         loss_sum, correct, seen = totals.tolist()
         return {
             "loss": loss_sum / max(seen, 1),
@@ -399,11 +401,10 @@ class Run:
         p.epoch += 1
         n_classes = len(self.class_names)
         val = evaluate(model, val_loader, a, n_classes, "val")[0] if val_loader is not None else {}
-        ema_val = (
-            evaluate(self.ema.module, val_loader, a, n_classes, "val ema")[0]
-            if self.ema and val
-            else {}
-        )
+        ema_val = {}
+        if self.ema is not None and val:
+            self.ema.sync(a)  # rank 0's copy everywhere: the one _select would save
+            ema_val = evaluate(self.ema.module, val_loader, a, n_classes, "val ema")[0]
         values = {
             "train_loss": train["loss"],
             "train_accuracy": train["accuracy"],

@@ -18,6 +18,8 @@ from trainer.transforms import IMAGENET, Preprocessing
 
 MODEL_FORMAT = "trainer-model"
 MODEL_FORMAT_VERSION = 1
+# Auxiliary classifiers of Inception v3 / GoogLeNet in pretrained files; built without them.
+AUX_HEADS = ("AuxLogits.", "aux1.", "aux2.")
 
 
 class ModelError(ValueError):
@@ -73,8 +75,13 @@ def _torchvision_backbone(
 ) -> tuple[nn.Module, int, Preprocessing]:
     import torchvision
 
+    # Inception/GoogLeNet: no auxiliary classifiers (their outputs would be unused by the loss,
+    # which DDP rejects, and train mode would return a tuple).
+    kwargs = (
+        {"aux_logits": False, "init_weights": True} if arch in ("inception_v3", "googlenet") else {}
+    )
     try:
-        model = torchvision.models.get_model(arch, weights=None)
+        model = torchvision.models.get_model(arch, weights=None, **kwargs)
     except ValueError:
         close = difflib.get_close_matches(arch, torchvision.models.list_models(), n=3)
         raise ModelError(
@@ -243,16 +250,23 @@ def _load_backbone_state(model: nn.Module, state: dict, classifier: str, source:
     Accepts plain torchvision/timm state dicts, DDP's 'module.' prefix and this tool's own
     model.safetensors ('backbone.'/'head.' prefixes). Any backbone key left unfilled is an error.
     """
-    clean = {}
-    for key, value in state.items():
-        key = key.removeprefix("module.")
-        if key.startswith("head."):
-            continue
-        key = key.removeprefix("backbone.")
-        if key == classifier or key.startswith(classifier + "."):
-            continue
-        clean[key] = value
-    own = {k for k in model.state_dict() if not (k == classifier or k.startswith(classifier + "."))}
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("backbone.") for k in state):  # this tool's own Classifier weights
+        state = {
+            k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith("head.")
+        }
+
+    def is_classifier(key: str) -> bool:
+        return key == classifier or key.startswith(classifier + ".")
+
+    clean = {k: v for k, v in state.items() if not is_classifier(k) and not k.startswith(AUX_HEADS)}
+    # Files from PyTorch < 0.4.1 (torchvision's V1 ImageNet weights among them) have no
+    # BatchNorm num_batches_tracked; load_state_dict keeps the module's own value for those.
+    own = {
+        k
+        for k in model.state_dict()
+        if not is_classifier(k) and not k.endswith("num_batches_tracked")
+    }
     missing = sorted(own - set(clean))
     unexpected = sorted(set(clean) - set(model.state_dict()))
     if missing or unexpected:

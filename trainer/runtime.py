@@ -51,6 +51,11 @@ def make_accelerator(**kwargs: Any):
     return Accelerator(cpu=not has_accelerator_device(), **kwargs)
 
 
+def local_world_size(accelerator) -> int:
+    """Processes on this machine (torchrun sets LOCAL_WORLD_SIZE); they share its CPU cores."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+
+
 def auto_num_workers(requested: int | None, local_processes: int) -> int:
     """DataLoader workers per process: as asked, else the CPUs left per process (max 8)."""
     if requested is not None:

@@ -80,6 +80,9 @@ train:
     # Phase 2 unfreezes the backbone; if DDP were not re-prepared its gradients would not be
     # all-reduced and the ranks' backbones would drift apart.
     assert summary["weights_in_sync"] is True
+    with open(run / "splits.csv", encoding="utf-8") as f:
+        n_test = sum(row["split"] == "test" for row in csv.DictReader(f))
+    assert summary["test_samples"] == n_test  # the training loop's gathers count each image once
     phases = [
         json.loads(line)["phase"] for line in (run / "metrics.jsonl").read_text().splitlines()
     ]

@@ -100,6 +100,13 @@ def test_eval_prints_metrics_and_a_per_class_table(trained_run, tmp_path):
     result = json.loads(out.read_text())
     assert result["samples"] == 60
     assert all(name in proc.stdout for name in ("cat", "dog", "fox", "accuracy"))
+    partial = tmp_path / "no-fox"  # a folder without one of the model's classes
+    shutil.copytree(root / "cat", partial / "cat")
+    proc = run_cli("trainer", "eval", str(run / "model"), str(partial))
+    assert_ok(proc)
+    assert [line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("fox")] == [
+        "-"
+    ]
 
 
 def test_eval_report_writes_json_markdown_and_plots(trained_run, tmp_path):

@@ -132,3 +132,38 @@ def test_cli_missing_data_root_exits_2(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert "nope" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_overrides_win_over_a_reloaded_run_config(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_yaml(load_config("digits")), encoding="utf-8")
+    cfg = load_config(str(path), ["train.phases.0.epochs=5", "optim.lr=0.5"])
+    assert cfg.train.phases[0].epochs == 5
+    assert cfg.train.phases[0].optim.lr == 0.5
+    assert load_config(str(path), ["train.epochs=3"]).train.phases[0].epochs == 3
+
+
+def test_top_level_optim_override_reaches_every_phase_unless_a_phase_key_follows():
+    cfg = load_config("resnet50-two-phase", ["optim.lr=3e-4"])
+    assert [p.optim.lr for p in cfg.train.phases] == [3e-4, 3e-4]
+    cfg = load_config("resnet50-two-phase", ["optim.lr=3e-4", "train.phases.1.optim.lr=1e-6"])
+    assert [p.optim.lr for p in cfg.train.phases] == [3e-4, 1e-6]
+
+
+def test_phases_given_whole_on_the_command_line_get_the_top_level_optim():
+    cfg = load_config(
+        None,
+        [
+            "optim.lr=0.01",
+            "train.phases=[{name: a, epochs: 1}, {name: b, epochs: 2, optim: {lr: 0.1}}]",
+        ],
+    )
+    assert [(p.name, p.epochs, p.optim.lr) for p in cfg.train.phases] == [
+        ("a", 1, 0.01),
+        ("b", 2, 0.1),
+    ]
+
+
+def test_a_phase_optim_that_is_not_a_mapping_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"train\.phases\.0\.optim"):
+        load_config(None, ["train.phases.0.optim=3"])

@@ -70,6 +70,29 @@ def test_local_weights_file_loads_into_the_backbone(tmp_path, suffix):
     assert torch.equal(model.backbone.layer4[1].bn2.running_var, ref.layer4[1].bn2.running_var)
 
 
+def test_old_weights_files_without_num_batches_tracked_load(tmp_path):
+    # torchvision's V1 ImageNet files predate BatchNorm's num_batches_tracked buffer.
+    ref = _reference_resnet18()
+    state = {k: v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old.pth")
+    model, _ = build_model(
+        ModelConfig(name="torchvision/resnet18", pretrained=str(tmp_path / "old.pth")), 2
+    )
+    assert torch.equal(model.backbone.layer1[0].conv1.weight, ref.layer1[0].conv1.weight)
+
+
+def test_inception_is_built_without_aux_heads_and_loads_files_that_have_them(tmp_path):
+    ref = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=True)
+    torch.save(ref.state_dict(), tmp_path / "inception.pth")
+    model, pre = build_model(
+        ModelConfig(name="torchvision/inception_v3", pretrained=str(tmp_path / "inception.pth")), 4
+    )
+    model.train()
+    assert model(torch.randn(2, 3, 96, 96)).shape == (2, 4)  # train mode: plain logits, no tuple
+    assert torch.equal(model.backbone.Conv2d_1a_3x3.conv.weight, ref.Conv2d_1a_3x3.conv.weight)
+    assert pre.image_size == 299
+
+
 def test_weights_of_another_architecture_are_refused(tmp_path):
     path = tmp_path / "r34.pth"
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
