@@ -102,6 +102,7 @@ def test_eval_prints_metrics_and_a_per_class_table(trained_run, tmp_path):
     assert all(name in proc.stdout for name in ("cat", "dog", "fox", "accuracy"))
     partial = tmp_path / "no-fox"  # a folder without one of the model's classes
     shutil.copytree(root / "cat", partial / "cat")
+    shutil.copytree(root / "dog", partial / "dog")
     proc = run_cli("trainer", "eval", str(run / "model"), str(partial))
     assert_ok(proc)
     assert [line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("fox")] == [
