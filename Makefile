@@ -26,7 +26,7 @@ test-unit: setup
 demo: setup
 	$(VENV)/bin/trainer demo
 
-# The accuracy table of README: each data set x (recipe, recipe + switches) x 3 seeds (~25 min on 2 CPU cores).
+# The accuracy table of README: each data set x (recipe, recipe + switches) x 3 seeds (~15 min on 2 CPU cores).
 accuracy: setup
 	$(VENV)/bin/python launch/accuracy_table.py
 
