@@ -210,5 +210,7 @@ def mistakes_gallery(
         captions.append(
             f"true {names[m['true']]}\npred {names[m['predicted']]} ({m['confidence']:.0%})"
         )
-    title = f"{len(mistakes)} most confident mistakes" if mistakes else "no mistakes: every image right"
+    title = (
+        f"{len(mistakes)} most confident mistakes" if mistakes else "no mistakes: every image right"
+    )
     return image_grid(images, captions, out, title)
