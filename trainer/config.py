@@ -407,7 +407,14 @@ def _phases(tree: dict) -> list[dict]:
 
 def _set_epochs(tree: dict, epochs: Any) -> None:
     """train.epochs: the epochs of a single-phase run; kept in the phase, not twice."""
+    if epochs is None or not isinstance(tree.get("train"), dict):
+        return  # null: not set; a train that is not a mapping is reported by _build
+    epochs = _coerce(epochs, int, "train.epochs")
+    if epochs < 1:
+        raise ConfigError(f"train.epochs: expected >= 1, got {epochs}")
     phases = _phases(tree)
+    if not phases:
+        phases = tree["train"]["phases"] = [{"name": "train"}]
     if len(phases) > 1:
         raise ConfigError(
             f"train.epochs: this config has {len(phases)} phases; set each one's epochs "
@@ -436,6 +443,10 @@ def _fill_phases(tree: dict) -> None:
 
 def _apply_override(tree: dict, key: str, value: Any) -> None:
     """Overrides come last and win: `optim.X` sets X in every phase, `train.epochs` the one phase."""
+    if key == "optim" and isinstance(value, dict):
+        for sub, v in value.items():
+            _apply_override(tree, f"optim.{sub}", v)
+        return
     if key == "train.epochs":
         _set_epochs(tree, value)
         return

@@ -77,8 +77,12 @@ def _torchvision_backbone(
 
     # Inception/GoogLeNet: no auxiliary classifiers (their outputs would be unused by the loss,
     # which DDP rejects, and train mode would return a tuple).
+    # transform_input=True as torchvision sets it for its weights: these nets were trained on
+    # (x - 0.5) / 0.5 and re-scale the ImageNet-normalized input themselves.
     kwargs = (
-        {"aux_logits": False, "init_weights": True} if arch in ("inception_v3", "googlenet") else {}
+        {"aux_logits": False, "init_weights": True, "transform_input": True}
+        if arch in ("inception_v3", "googlenet")
+        else {}
     )
     try:
         model = torchvision.models.get_model(arch, weights=None, **kwargs)

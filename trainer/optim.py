@@ -29,17 +29,38 @@ def no_decay_names(model: torch.nn.Module) -> set[str]:
     return names
 
 
+def backbone_blocks(backbone: torch.nn.Module) -> list[list[str]]:
+    """The backbone's parameter names grouped in blocks, from input to output.
+
+    Top-level children are blocks; a child holding more than half of all parameters (ResNet's
+    layer4, EfficientNet's and ConvNeXt's `features`, ViT's `encoder.layers`) is split into its
+    own children, recursively. Parameters held directly by a module (ViT's class token and
+    position embedding) form a block where they stand.
+    """
+    total = sum(p.numel() for p in backbone.parameters())
+    blocks: list[list[str]] = []
+
+    def visit(module: torch.nn.Module, prefix: str) -> None:
+        own = [prefix + name for name, _ in module.named_parameters(recurse=False)]
+        if own:
+            blocks.append(own)
+        for name, child in module.named_children():
+            size = sum(p.numel() for p in child.parameters())
+            if size == 0:
+                continue
+            if size > total / 2 and next(child.children(), None) is not None:
+                visit(child, f"{prefix}{name}.")
+            else:
+                blocks.append([f"{prefix}{name}.{n}" for n, _ in child.named_parameters()])
+
+    visit(backbone, "")
+    return blocks
+
+
 def backbone_depths(backbone: torch.nn.Module) -> tuple[dict[str, int], int]:
-    """Depth of each backbone parameter: the index of its top-level block (stem 1 ... last n)."""
-    depth, n = {}, 0
-    for child_name, child in backbone.named_children():
-        params = list(child.named_parameters())
-        if params:
-            n += 1
-            depth.update({f"{child_name}.{name}": n for name, _ in params})
-    for name, _ in backbone.named_parameters(recurse=False):  # parameters held by the root
-        depth[name] = n
-    return depth, n
+    """Depth of each backbone parameter: its block's index, 1 (input side) ... n (output side)."""
+    blocks = backbone_blocks(backbone)
+    return {name: i for i, block in enumerate(blocks, start=1) for name in block}, len(blocks)
 
 
 def param_groups(model: Classifier, cfg: OptimConfig) -> list[dict]:

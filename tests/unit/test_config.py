@@ -164,6 +164,17 @@ def test_phases_given_whole_on_the_command_line_get_the_top_level_optim():
     ]
 
 
+def test_optim_given_as_a_mapping_reaches_the_phases_too():
+    assert load_config(None, ["optim={lr: 0.5}"]).train.phases[0].optim.lr == 0.5
+
+
+def test_train_epochs_null_means_unset_and_bad_values_name_train_epochs():
+    assert load_config(None, ["train.epochs=null"]).train.phases[0].epochs == 10
+    assert load_config(None, ["train.phases=[]", "train.epochs=3"]).train.phases[0].epochs == 3
+    with pytest.raises(ConfigError, match=r"^train\.epochs: expected an integer"):
+        load_config(None, ["train.epochs=abc"])
+
+
 def test_a_phase_optim_that_is_not_a_mapping_is_a_config_error():
     with pytest.raises(ConfigError, match=r"train\.phases\.0\.optim"):
         load_config(None, ["train.phases.0.optim=3"])

@@ -76,11 +76,23 @@ def test_layer_wise_lr_decay_scales_each_backbone_block():
     for group in opt.param_groups:
         for name in group["param_names"]:
             lr_of[name] = group["lr"]
-    # resnet18 blocks with parameters: conv1, bn1, layer1..layer4 -> depths 1..6
+    # resnet18 blocks: conv1, bn1, layer1, layer2, layer3, then layer4 (over half of all
+    # parameters) split into layer4.0, layer4.1 -> depths 1..7
     assert lr_of["head.0.weight"] == 1.0
     assert lr_of["backbone.layer4.1.conv2.weight"] == 1.0
-    assert lr_of["backbone.layer3.0.conv1.weight"] == 0.5
-    assert lr_of["backbone.conv1.weight"] == 0.5**5
+    assert lr_of["backbone.layer4.0.conv2.weight"] == 0.5
+    assert lr_of["backbone.layer3.0.conv1.weight"] == 0.25
+    assert lr_of["backbone.conv1.weight"] == 0.5**6
+
+
+@pytest.mark.parametrize(
+    "arch, blocks", [("efficientnet_b0", 12), ("vit_b_16", 16), ("convnext_tiny", 11)]
+)
+def test_layer_wise_lr_decay_finds_the_blocks_of_other_backbones(arch, blocks):
+    model = build_model(ModelConfig(name=f"torchvision/{arch}", pretrained=False), 3)[0]
+    opt = build_optimizer(model, OptimConfig(lr=1.0, layer_decay=0.5))
+    backbone_lrs = {g["lr"] for g in opt.param_groups if g["name"].startswith("backbone")}
+    assert len(backbone_lrs) == blocks  # one learning rate per block, not one for everything
 
 
 def test_ema_moves_by_the_decay():
