@@ -100,6 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="real images (files or folders) for the parity check",
     )
 
+    p = sub.add_parser(
+        "weights",
+        help="pretrained weights for offline machines: list what is cached, download on one with internet",
+    )
+    wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    wsub.add_parser(
+        "list", help="pretrained weights found in the torchvision and Hugging Face caches"
+    )
+    d = wsub.add_parser("download", help="fetch a backbone's pretrained weights (needs internet)")
+    d.add_argument("name", help="torchvision/<arch> or timm/<arch>")
+    d.add_argument(
+        "--to", metavar="DIR", help="write a weights file here instead of the library cache"
+    )
+
     p = sub.add_parser("config", help="print the resolved config, or every key with --keys")
     _add_config_args(p)
     p.add_argument(
@@ -228,6 +242,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    from trainer import weights
+
+    if args.weights_command == "list":
+        rows = weights.list_cached()
+        for name, path, size in rows:
+            print(f"{name:36} {size / 2**20:8.1f} MiB  {path}")
+        if not rows:
+            print(
+                f"no pretrained weights cached (looked in {weights.torchvision_cache()} and the HF cache)"
+            )
+        return 0
+    path = weights.download(args.name, args.to)
+    print(f"{args.name}: {path}")
+    if args.to:
+        print(f"train with: model.name={args.name} model.pretrained={path}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from trainer.config import load_config
     from trainer.demo import write_digits
@@ -258,6 +291,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "predict": cmd_predict,
     "export": cmd_export,
+    "weights": cmd_weights,
     "config": cmd_config,
     "recipes": cmd_recipes,
     "demo": cmd_demo,

@@ -158,7 +158,8 @@ def _download_torchvision_weights(arch: str, weights_enum: Any) -> dict[str, tor
         return torch.load(cached, map_location="cpu", weights_only=True)
     help_text = (
         f"pretrained weights for torchvision/{arch} are not in the cache ({cached}). "
-        f"On a machine with internet, download {weights_enum.url} to that path (or set "
+        f"On a machine with internet run `trainer weights download torchvision/{arch}` and copy "
+        f"that file here, or download {weights_enum.url} to that path (or set "
         f"TORCH_HOME to a folder holding hub/checkpoints/{filename}); or pass "
         f"model.pretrained=/path/to/weights.pth (or .safetensors); or model.pretrained=false "
         f"to train from scratch"

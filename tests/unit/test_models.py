@@ -123,6 +123,7 @@ def test_offline_without_cached_weights_says_what_to_do(tmp_path, monkeypatch):
     message = str(err.value)
     assert "resnet18-f37072fd.pth" in message  # the file to put in place
     assert "model.pretrained=false" in message and "model.pretrained=/path" in message
+    assert "trainer weights download torchvision/resnet18" in message  # the command to run
 
 
 def test_cached_library_weights_are_used_offline(tmp_path, monkeypatch):

@@ -1,0 +1,104 @@
+"""Pretrained weights for machines without internet: see what is cached, fetch on one that has it.
+
+torchvision weights live in $TORCH_HOME/hub/checkpoints (where `model.pretrained=true` looks);
+timm weights in the Hugging Face cache ($HF_HOME/hub). `--to DIR` writes a plain weights file
+instead, for `model.pretrained=DIR/FILE` on the compute nodes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from trainer.models import ModelError
+
+
+def torchvision_cache() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _torchvision_files() -> dict[str, str]:
+    """Weights file name -> torchvision/arch, for every arch with ImageNet weights."""
+    import torchvision
+
+    files = {}
+    for arch in torchvision.models.list_models(module=torchvision.models):
+        try:
+            enum = torchvision.models.get_model_weights(arch)
+        except (ValueError, KeyError):
+            continue
+        for weights in enum:
+            files.setdefault(os.path.basename(weights.url), f"torchvision/{arch}")
+    return files
+
+
+def list_cached() -> list[tuple[str, str, int]]:
+    """(model name, file, bytes) of every pretrained file found offline."""
+    rows = []
+    names = _torchvision_files()
+    cache = torchvision_cache()
+    if cache.is_dir():
+        for f in sorted(cache.iterdir()):
+            if f.is_file():
+                rows.append(
+                    (names.get(f.name, "(unknown torchvision file)"), str(f), f.stat().st_size)
+                )
+    hf_hub = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    if hf_hub.is_dir():
+        for d in sorted(hf_hub.glob("models--timm--*")):
+            files = [
+                f for f in d.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin")
+            ]
+            for f in files:
+                rows.append(
+                    (f"timm/{d.name.removeprefix('models--timm--')}", str(f), f.stat().st_size)
+                )
+    return rows
+
+
+def download(name: str, to: str | None = None) -> Path:
+    """Fetch NAME's pretrained weights into the library cache, or as a file into `to`."""
+    from trainer.models import _offline
+
+    if _offline():
+        raise ModelError(
+            "TRAINER_OFFLINE/HF_HUB_OFFLINE is set: unset it on a machine with internet"
+        )
+    source, _, arch = name.partition("/")
+    if source == "torchvision":
+        import torchvision
+
+        try:
+            weights = torchvision.models.get_model_weights(arch).DEFAULT
+        except (ValueError, KeyError):
+            raise ModelError(f"torchvision has no pretrained weights for {arch!r}") from None
+        target = (Path(to) if to else torchvision_cache()) / os.path.basename(weights.url)
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                torch.hub.download_url_to_file(weights.url, str(target), progress=True)
+            except OSError as e:
+                raise ModelError(
+                    f"could not download {weights.url} ({e}); is this machine online?"
+                ) from None
+        return target
+    if source == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise ModelError("timm backbones need timm: pip install 'trainer[timm]'") from None
+        try:
+            model = timm.create_model(arch, pretrained=True, num_classes=0)
+        except Exception as e:  # whatever huggingface_hub raises offline
+            raise ModelError(f"could not download timm/{arch} ({type(e).__name__}: {e})") from None
+        if not to:
+            return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+        from safetensors.torch import save_file
+
+        target = Path(to) / f"{arch}.safetensors"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, target)
+        return target
+    raise ModelError(f"expected torchvision/<arch> or timm/<arch>, got {name!r}")
