@@ -17,10 +17,10 @@ def write_digits(folder: str | Path, size: int = 32) -> Path:
     from sklearn.datasets import load_digits  # a dev/demo dependency, not a runtime one
 
     folder = Path(folder)
-    digits = load_digits()
     marker = folder / ".complete"
     if marker.is_file():
         return folder
+    digits = load_digits()
     inner = size * 3 // 4
     offset = (size - inner) // 2
     for i, (pixels, label) in enumerate(zip(digits.images, digits.target)):

@@ -462,7 +462,7 @@ class Run:
                     "val_accuracy": val.get("accuracy"),
                     "val_loss": val.get("loss"),
                 },
-                "trainer_version": runtime._version("trainer"),
+                "trainer_version": runtime.package_version("trainer"),
             }
             models.save_model_folder(
                 model, self.run_dir / "model", self.cfg.model, self.class_names, self.pre, extra

@@ -64,7 +64,7 @@ def auto_num_workers(requested: int | None, local_processes: int) -> int:
     return max(0, min(8, cpus // max(1, local_processes) - 1))
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
@@ -95,7 +95,7 @@ def provenance(world_size: int, device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "git_sha": git_sha(),
         "versions": {
-            p: _version(p)
+            p: package_version(p)
             for p in (
                 "trainer",
                 "torch",

@@ -19,6 +19,10 @@ def torchvision_cache() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def hf_hub_cache() -> Path:
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+
+
 def _torchvision_files() -> dict[str, str]:
     """Weights file name -> torchvision/arch, for every arch with ImageNet weights."""
     import torchvision
@@ -45,7 +49,7 @@ def list_cached() -> list[tuple[str, str, int]]:
                 rows.append(
                     (names.get(f.name, "(unknown torchvision file)"), str(f), f.stat().st_size)
                 )
-    hf_hub = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    hf_hub = hf_hub_cache()
     if hf_hub.is_dir():
         for d in sorted(hf_hub.glob("models--timm--*")):
             files = [
@@ -94,7 +98,7 @@ def download(name: str, to: str | None = None) -> Path:
         except Exception as e:  # whatever huggingface_hub raises offline
             raise ModelError(f"could not download timm/{arch} ({type(e).__name__}: {e})") from None
         if not to:
-            return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+            return hf_hub_cache()
         from safetensors.torch import save_file
 
         target = Path(to) / f"{arch}.safetensors"
