@@ -50,8 +50,18 @@ class DataConfig:
     """Probability of erasing a random rectangle of each training image (0: off; timm uses 0.25)."""
     sampler: Literal["shuffle", "balanced"] = "shuffle"
     """shuffle: each image once per epoch; balanced: draw classes equally often (imbalanced data)."""
+    on_bad_file: Literal["skip", "error"] = "skip"
+    """skip: leave out files that do not decode (listed in RUN_DIR/bad_files.csv); error: stop first."""
+    check_images: bool = True
+    """Fully decode every image once before training (in parallel, cached by size and mtime)."""
+    max_image_pixels: int | None = None
+    """Images with more pixels are bad files; null: Pillow's decompression-bomb limit (89,478,485)."""
 
     def __post_init__(self) -> None:
+        if self.max_image_pixels is not None and self.max_image_pixels < 1:
+            raise ConfigError(
+                f"max_image_pixels: expected >= 1 or null, got {self.max_image_pixels}"
+            )
         if len(self.split) != 3 or any(r < 0 for r in self.split):
             raise ConfigError(
                 f"split: expected three ratios >= 0 (train, val, test), got {self.split}"
@@ -190,6 +200,8 @@ class TrainConfig:
     """The validation number that picks the best epoch (the model that is kept and tested)."""
     early_stopping_patience: int | None = None
     """End a phase after this many epochs without a better select_metric; null: never."""
+    collective_timeout_s: int = 1800
+    """Seconds a process waits for the others in a collective before the job fails, naming ranks."""
 
     def __post_init__(self) -> None:
         for name in ("label_smoothing", "mixup_alpha", "cutmix_alpha"):
@@ -210,18 +222,34 @@ class TrainConfig:
                 raise ConfigError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
             raise ConfigError(f"eval_batch_size: expected >= 1, got {self.eval_batch_size}")
+        if self.collective_timeout_s < 1:
+            raise ConfigError(
+                f"collective_timeout_s: expected >= 1, got {self.collective_timeout_s}"
+            )
 
 
 @dataclass
 class CheckpointConfig:
     enabled: bool = True
-    """Save a resumable state (accelerate save_state, safetensors) under checkpoints/ every epoch."""
+    """Save a resumable state under RUN_DIR/checkpoints/ after every epoch (and every_steps)."""
+    every_steps: int = 0
+    """Also save every this many optimizer updates, mid-epoch; 0: only at epoch ends."""
     keep_last: int = 2
-    """How many epoch checkpoints to keep; older ones are deleted after a newer one is complete."""
+    """How many checkpoints to keep; older ones are deleted only after a newer one is complete."""
+    keep_best: bool = True
+    """Also keep the checkpoint of the best epoch so far, however old."""
+    resume: str = "auto"
+    """auto: continue an unfinished run from its newest complete checkpoint; never; or a folder."""
+    requeue: bool = True
+    """Under Slurm, after SIGUSR1/SIGTERM made the run save and stop: scontrol requeue the job."""
 
     def __post_init__(self) -> None:
         if self.keep_last < 1:
             raise ConfigError(f"keep_last: expected >= 1, got {self.keep_last}")
+        if self.every_steps < 0:
+            raise ConfigError(f"every_steps: expected >= 0, got {self.every_steps}")
+        if not self.resume:
+            raise ConfigError("resume: expected auto, never or a checkpoint folder")
 
 
 @dataclass
@@ -231,9 +259,11 @@ class WandbConfig:
     project: str = "trainer"
     """W&B project name."""
     entity: str | None = None
-    """W&B entity (team or user); null: your default. The API key comes from the environment only."""
+    """W&B entity (team or user); null: your default."""
     name: str | None = None
     """Run name shown in W&B; null: the output folder's name."""
+    api_key: str | None = None
+    """W&B API key; better set WANDB_API_KEY. Never written anywhere: redacted from every file."""
 
 
 @dataclass
