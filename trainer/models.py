@@ -10,20 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from trainer.config import ModelConfig
+from trainer.safeload import ModelError, load_safetensors, load_torch_weights
 from trainer.transforms import IMAGENET, Preprocessing
 
 MODEL_FORMAT = "trainer-model"
 MODEL_FORMAT_VERSION = 1
 # Auxiliary classifiers of Inception v3 / GoogLeNet in pretrained files; built without them.
 AUX_HEADS = ("AuxLogits.", "aux1.", "aux2.")
-
-
-class ModelError(ValueError):
-    """The model cannot be built or its weights cannot be loaded; the message says what to do."""
 
 
 class Classifier(nn.Module):
@@ -155,7 +152,7 @@ def _download_torchvision_weights(arch: str, weights_enum: Any) -> dict[str, tor
     filename = os.path.basename(weights_enum.url)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
     if cached.is_file():
-        return torch.load(cached, map_location="cpu", weights_only=True)
+        return load_torch_weights(cached)
     help_text = (
         f"pretrained weights for torchvision/{arch} are not in the cache ({cached}). "
         f"On a machine with internet run `trainer weights download torchvision/{arch}` and copy "
@@ -167,7 +164,9 @@ def _download_torchvision_weights(arch: str, weights_enum: Any) -> dict[str, tor
     if _offline():
         raise ModelError(f"offline mode (TRAINER_OFFLINE/HF_HUB_OFFLINE): {help_text}")
     try:
-        return weights_enum.get_state_dict(progress=True, check_hash=True)
+        # torch.hub unpickles with weights_only=False unless told: a download is a file from
+        # elsewhere too.
+        return weights_enum.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except OSError as e:  # URLError, socket errors, hash mismatch
         raise ModelError(f"could not download ({e}): {help_text}") from None
 
@@ -226,21 +225,12 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ModelError(f"model.pretrained: weights file {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(path)
-        except Exception as e:
-            raise ModelError(
-                f"model.pretrained: {path} is not a readable safetensors file ({e})"
-            ) from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError for files that would run code, or corrupt ones
-        raise ModelError(
-            f"model.pretrained: refused to load {path}: it is not a plain weights file that "
-            f"loads with weights_only=True ({type(e).__name__}: {str(e).splitlines()[0]}). "
-            f"Save it as a state_dict or as .safetensors"
-        ) from None
+        state = (
+            load_safetensors(path) if path.suffix == ".safetensors" else load_torch_weights(path)
+        )
+    except ModelError as e:
+        raise ModelError(f"model.pretrained: {e}") from None
     for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -377,6 +367,12 @@ def load_model_folder(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
         head_dropout=arch["head_dropout"],
     )
     model, _ = build_model(cfg, int(meta["num_classes"]))
-    model.load_state_dict(load_file(weights_path))
+    try:
+        model.load_state_dict(load_safetensors(weights_path))
+    except RuntimeError as e:  # missing/unexpected keys or shapes: not this folder's weights
+        raise ModelError(
+            f"{weights_path} does not fit the architecture in {meta_path}: "
+            f"{str(e).splitlines()[-1].strip()}"
+        ) from None
     model.eval()
     return model, meta
