@@ -1,19 +1,40 @@
-"""Resumable checkpoints: accelerate `save_state` (safetensors) written aside, renamed, marked complete.
+"""Resumable checkpoints: written aside, verified, renamed into place, pruned only afterwards.
 
-RUN_DIR/checkpoints/step-00001234/ holds the model, optimizer, RNG and sampler states, plus
-trainer_state.json (phase, epoch, step, best metric) and a COMPLETE marker written last. A folder
-without the marker is a save that did not finish and is never used. Old checkpoints are pruned
-only after the new one is complete.
+RUN_DIR/checkpoints/step-00001234/ holds
+  model.safetensors      the model's weights and buffers (unwrapped)
+  ema.safetensors        the EMA copy, when train.ema_decay is set
+  optimizer.pt           the optimizer state (tensors, numbers, lists only: loaded weights_only)
+  rank-00000.json ...    each process's RNG states and its partial-epoch sums
+  trainer_state.json     where the run is (phase, epoch, batch, step), best metric, scheduler
+  COMPLETE               a manifest (bytes and sha256 of every file), written last
+Everything is written into step-...tmp/, which is renamed into place only when complete, so a
+folder named step-... is whole or absent. Loading checks the manifest: a damaged checkpoint
+(a truncated file) is refused with the reason, and the one before it is used. Nothing here ever
+unpickles code: JSON, safetensors and torch.load(weights_only=True).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
+import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
 COMPLETE = "COMPLETE"
+STATE = "trainer_state.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says which file and why."""
 
 
 def step_dir(checkpoints: Path, step: int) -> Path:
@@ -21,32 +42,179 @@ def step_dir(checkpoints: Path, step: int) -> Path:
 
 
 def complete_checkpoints(checkpoints: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Checkpoints with a completion marker, oldest first (by step)."""
     if not checkpoints.is_dir():
         return []
-    return sorted(p for p in checkpoints.glob("step-*") if p.is_dir() and (p / COMPLETE).is_file())
+    found = (p for p in checkpoints.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    return sorted(p for p in found if (p / COMPLETE).is_file())
 
 
-def save_checkpoint(
-    accelerator, checkpoints: Path, step: int, trainer_state: dict[str, Any], keep_last: int
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def verify(folder: Path) -> dict[str, Any]:
+    """The checkpoint's trainer_state; raises CheckpointError if any file is missing or damaged."""
+    try:
+        manifest = json.loads((folder / COMPLETE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder}: no readable {COMPLETE} manifest ({e})") from None
+    for name, expected in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise CheckpointError(
+                f"{path}: {size} bytes, expected {expected['bytes']} (truncated?)"
+            )
+        if _sha256(path) != expected["sha256"]:
+            raise CheckpointError(f"{path}: contents differ from the manifest (damaged)")
+    return json.loads((folder / STATE).read_text(encoding="utf-8"))
+
+
+def newest_valid(checkpoints: Path, warn=print) -> tuple[Path, dict] | None:
+    """The newest checkpoint that verifies, skipping (and naming) damaged ones."""
+    for folder in reversed(complete_checkpoints(checkpoints)):
+        try:
+            return folder, verify(folder)
+        except CheckpointError as e:
+            warn(f"warning: skipping damaged checkpoint: {e}")
+    return None
+
+
+# RNG states as JSON: no pickles in a checkpoint.
+def rng_state() -> dict[str, Any]:
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(mt), gauss],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [
+            base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()
+        ]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+    def tensor(text: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensor(s) for s in state["cuda"]])
+
+
+@dataclass
+class Payload:
+    """What one process contributes to a checkpoint; `main` parts are written by rank 0 only."""
+
+    trainer_state: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+    ema: dict[str, torch.Tensor] | None
+    rank_state: dict[str, Any]  # this process's RNG states and partial sums
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or non-contiguous storage; a CPU copy also frees the device.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def save(
+    accelerator, checkpoints: Path, step: int, payload: Payload, keep_last: int, keep_best: bool
 ) -> Path:
-    """Collective: every process calls it (each saves its own RNG state)."""
+    """Collective: every process calls it. Returns the final folder."""
     final = step_dir(checkpoints, step)
     tmp = final.with_name(final.name + ".tmp")
-    if accelerator.is_main_process:
+    main, rank = accelerator.is_main_process, accelerator.process_index
+    if main:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    (tmp / f"rank-{rank:05d}.json").write_text(json.dumps(payload.rank_state), encoding="utf-8")
+    if main:
+        save_file(_contiguous(payload.model), str(tmp / "model.safetensors"))
+        if payload.ema is not None:
+            save_file(_contiguous(payload.ema), str(tmp / "ema.safetensors"))
+        if payload.optimizer is not None:
+            torch.save(payload.optimizer, tmp / "optimizer.pt")
+        (tmp / STATE).write_text(json.dumps(payload.trainer_state, indent=2), encoding="utf-8")
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(
-            json.dumps(trainer_state, indent=2), encoding="utf-8"
-        )
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        (final / COMPLETE).write_text("ok\n")
-        for old in complete_checkpoints(checkpoints)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+    if main:
+        _commit(tmp, final)
+        prune(checkpoints, keep_last, keep_best)
     accelerator.wait_for_everyone()
     return final
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    """Manifest, fsync, then one rename: the folder appears complete or not at all."""
+    files = sorted(p for p in tmp.iterdir() if p.is_file())
+    for p in files:
+        _fsync(p)
+    manifest = {"files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
+    (tmp / COMPLETE).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    _fsync(tmp / COMPLETE)
+    if final.exists():  # the same step saved again after a resume: identical state
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(final.parent)
+
+
+def prune(checkpoints: Path, keep_last: int, keep_best: bool) -> None:
+    """Delete complete checkpoints beyond the newest `keep_last`, sparing the best one."""
+    folders = complete_checkpoints(checkpoints)
+    keep = set(folders[-keep_last:])
+    if keep_best:
+        best = [p for p in folders if _state(p).get("is_best")]
+        keep.update(best[-1:])
+    for old in folders:
+        if old not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _state(folder: Path) -> dict:
+    try:
+        return json.loads((folder / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def load(folder: Path, rank: int) -> Payload:
+    """Read a verified checkpoint; `rank_state` is this process's (empty if it has none)."""
+    try:
+        model = load_file(str(folder / "model.safetensors"))
+        ema = (
+            load_file(str(folder / "ema.safetensors"))
+            if (folder / "ema.safetensors").exists()
+            else None
+        )
+        optimizer = None
+        if (folder / "optimizer.pt").exists():
+            optimizer = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure here means the files cannot be trusted
+        raise CheckpointError(f"{folder}: cannot be loaded ({type(e).__name__}: {e})") from None
+    rank_file = folder / f"rank-{rank:05d}.json"
+    rank_state = json.loads(rank_file.read_text(encoding="utf-8")) if rank_file.exists() else {}
+    return Payload(_state(folder), model, optimizer, ema, rank_state)

@@ -45,7 +45,7 @@ def evaluate_folder(
         items = data.labelled_items(data_dir, names, split)
         ds = data.to_hf_dataset(items, names, eval_transform(pre))
         n_workers = runtime.auto_num_workers(workers, runtime.local_world_size(accelerator))
-        loader = make_loader(ds, batch_size, train=False, workers=n_workers, seed=0)
+        loader = make_loader(ds, batch_size, workers=n_workers)
         result, preds = evaluate(
             model, accelerator.prepare(loader), accelerator, len(names), "eval"
         )

@@ -1,17 +1,21 @@
 """run(cfg) -> fit() -> _train_epoch() / evaluate(): the whole training run, top to bottom.
 
-Accelerate does devices, DDP, mixed precision and gradient accumulation. Each phase re-prepares
-the model: DDP registers the parameters that require gradients when it wraps the model, so a
-backbone unfrozen in phase 2 would otherwise never have its gradients all-reduced.
+Accelerate does devices, DDP and mixed precision. Each phase re-prepares the model: DDP
+registers the parameters that require gradients when it wraps the model, so a backbone unfrozen
+in phase 2 would otherwise never have its gradients all-reduced. The training loader is ours
+(trainer.sampling), not accelerate's: its order, sharding and augmentation are pure functions of
+(seed, epoch, position), which is what makes a resumed run equal to an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import dataclasses
+import datetime
 import hashlib
 import json
 import math
-import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -21,28 +25,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    InitProcessGroupKwargs,
+    gather_object,
+    set_seed,
+)
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from trainer import checkpoint, data, losses, metrics, models, optim, plots, report, runtime
-from trainer.config import ConfigError, PhaseConfig, RunConfig, dump_yaml
+from trainer.config import PhaseConfig, RunConfig
 from trainer.ema import ModelEMA
+from trainer.preemption import EXIT_PREEMPTED, Preempted, StopFlag, ignore_in_workers, requeue
+from trainer.resume import Position, Resume, prepare_run_dir
+from trainer.sampling import EpochBatchSampler, SeededView
 from trainer.tracking import Tracker, accelerate_log_with
 from trainer.transforms import Preprocessing, eval_transform, train_transform
-
-RUN_FILES = (
-    "report.json",
-    "report.md",
-    "plots",
-    "config.yaml",
-    "env.json",
-    "metrics.jsonl",
-    "summary.json",
-    "splits.csv",
-    "checkpoints",
-    "model",
-)
 
 
 @dataclass
@@ -85,55 +84,48 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
             use_seedable_sampler=True, data_seed=cfg.train.seed
         ),
         step_scheduler_with_optimizer=False,  # we step our per-update schedule ourselves
+        # A dead or stuck process fails the others' collectives after this long, not never.
+        kwargs_handlers=[
+            InitProcessGroupKwargs(
+                timeout=datetime.timedelta(seconds=cfg.train.collective_timeout_s)
+            )
+        ],
     )
 
 
-def prepare_run_dir(cfg: RunConfig, accelerator: Accelerator) -> Path:
-    """Refuse to clobber a finished run, then write config.yaml and env.json (main process)."""
-    run_dir = Path(cfg.output_dir)
-    finished = (run_dir / "summary.json").exists() or (run_dir / "checkpoints").exists()
-    if finished and not cfg.overwrite:
-        raise ConfigError(
-            f"output_dir: {str(run_dir)!r} already holds a run; pick another output_dir, "
-            f"or pass overwrite=true to replace it"
-        )
-    accelerator.wait_for_everyone()  # every rank has checked before the main one deletes
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for name in RUN_FILES:
-            target = run_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
-        env = runtime.provenance(accelerator.num_processes, accelerator.device)
-        (run_dir / "env.json").write_text(json.dumps(env, indent=2), encoding="utf-8")
-    accelerator.wait_for_everyone()
-    return run_dir
-
-
-def make_loader(
-    ds,
-    batch_size: int,
-    *,
-    train: bool,
-    workers: int,
-    seed: int,
-    drop_last: bool = False,
-    sampler=None,
-    rank: int = 0,
-) -> DataLoader:
-    """`sampler` replaces shuffling (e.g. class-balanced); workers are seeded per rank."""
+def make_loader(ds, batch_size: int, *, workers: int) -> DataLoader:
+    """An evaluation loader: every sample once, in order."""
     return DataLoader(
         ds,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
-        sampler=sampler,
-        drop_last=drop_last,
         num_workers=workers,
-        generator=torch.Generator().manual_seed(seed) if train else None,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
-        worker_init_fn=functools.partial(runtime.seed_worker, rank=rank) if workers > 0 else None,
     )
+
+
+def make_train_loader(ds, sampler: EpochBatchSampler, *, workers: int, seed: int) -> DataLoader:
+    """The training loader: batches from `sampler`, augmentation seeded per (epoch, row)."""
+    return DataLoader(
+        SeededView(ds, seed),
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        worker_init_fn=_init_worker if workers > 0 else None,
+        # Workers' base seed comes from here, not from the global RNG that a resume restores.
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _init_worker(worker_id: int) -> None:
+    ignore_in_workers()
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+    }
 
 
 def param_checksum(model: torch.nn.Module) -> str:
@@ -191,13 +183,18 @@ class Run:
     def __init__(self, cfg: RunConfig, accelerator: Accelerator):
         self.cfg = cfg
         self.accelerator = accelerator
-        self.run_dir = prepare_run_dir(cfg, self.accelerator)
         self.print = self.accelerator.print
+        self.run_dir, self.resume = prepare_run_dir(cfg, self.accelerator)
         set_seed(cfg.train.seed)  # the same initial weights on every rank
-        self.index = data.scan(cfg.data)
+        # The main process checks every image first; the others then read its cached verdicts,
+        # so every rank leaves out the same bad files.
+        with self.accelerator.main_process_first():
+            self.index = data.scan(cfg.data)
         self.class_names = self.index.class_names
         with self.accelerator.main_process_first():  # one download of pretrained weights
             self.model, pre = models.build_model(cfg.model, len(self.class_names))
+        if self.resume:
+            self.model.load_state_dict(self.resume.payload.model)
         # Distinct augmentation randomness per rank from here on (the weights are already equal).
         set_seed(cfg.train.seed + accelerator.process_index)
         self.pre: Preprocessing = pre.with_size(cfg.data.image_size)
@@ -223,11 +220,21 @@ class Run:
         self.criterion = losses.Criterion(cfg.train, weights).to(accelerator.device)
         self.mixer = losses.batch_mixer(cfg.train, len(self.class_names))
         self.ema: ModelEMA | None = None
-        self.tracker = Tracker(self.accelerator, self.run_dir, cfg)
+        resume_step = self.resume.state["step"] if self.resume else None
+        import inspect  # TEMP until tracking lands resume_step
+
+        kw = {"resume_step": resume_step} if "resume_step" in inspect.signature(Tracker).parameters else {}
+        self.tracker = Tracker(self.accelerator, self.run_dir, cfg, **kw)
         self.progress = Progress(metric=cfg.train.select_metric)
+        self.stop = StopFlag()
         if self.accelerator.is_main_process:
             data.write_splits_csv(self.index, self.run_dir / "splits.csv")
+            bad = getattr(self.index, "bad_files", None)
+            if bad:
+                data.write_bad_files_csv(self.index, self.run_dir / "bad_files.csv")
         self._describe()
+        if self.resume:
+            self._restore_progress(self.resume)
 
     def _describe(self) -> None:
         a, cfg = self.accelerator, self.cfg
@@ -244,38 +251,28 @@ class Run:
         )
 
     def loaders(self) -> tuple[DataLoader, DataLoader | None]:
-        cfg, rank = self.cfg.train, self.accelerator.process_index
-        train_ds = self.datasets["train"]
-        sampler = None
+        a, cfg = self.accelerator, self.cfg.train
+        weights = None
         if self.cfg.data.sampler == "balanced":
             # Each image drawn with probability 1 / its class size: classes come equally often.
-            per_image = [1.0 / self.class_counts[label] for _, label in self.index.splits["train"]]
-            generator = torch.Generator().manual_seed(cfg.seed)  # the same draws on every rank
-            sampler = WeightedRandomSampler(
-                per_image, len(per_image), replacement=True, generator=generator
-            )
-        # Drop the ragged last batch when there is a full one: a batch of 1 breaks BatchNorm.
-        full = len(train_ds) >= cfg.batch_size * self.accelerator.num_processes
-        train = make_loader(
-            train_ds,
+            weights = [1.0 / self.class_counts[label] for _, label in self.index.splits["train"]]
+        n = len(self.datasets["train"])
+        sampler = EpochBatchSampler(
+            n,
             cfg.batch_size,
-            train=True,
-            workers=self.workers,
+            num_replicas=a.num_processes,
+            rank=a.process_index,
             seed=cfg.seed,
-            drop_last=full,
-            sampler=sampler,
-            rank=rank,
+            # Drop the ragged last batch when there is a full one: a batch of 1 breaks BatchNorm.
+            drop_last=True,
+            weights=weights,
+        )
+        train = make_train_loader(
+            self.datasets["train"], sampler, workers=self.workers, seed=cfg.seed
         )
         val = None
         if "val" in self.datasets:
-            val = make_loader(
-                self.datasets["val"],
-                self.eval_batch_size,
-                train=False,
-                workers=self.workers,
-                seed=cfg.seed,
-                rank=rank,
-            )
+            val = make_loader(self.datasets["val"], self.eval_batch_size, workers=self.workers)
         return train, val
 
     @property
@@ -294,49 +291,94 @@ class Run:
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     def fit(self) -> None:
-        a = self.accelerator
+        a, cfg = self.accelerator, self.cfg
         model = self._sync_batchnorm(self.model)
-        if self.cfg.train.ema_decay:
-            self.ema = ModelEMA(model, self.cfg.train.ema_decay)
+        if cfg.train.ema_decay:
+            self.ema = ModelEMA(model, cfg.train.ema_decay)
             self.ema.module.to(a.device)
-        self.scheduler_slot = optim.SchedulerSlot()
-        a.register_for_checkpointing(self.scheduler_slot)
-        for phase_index, phase in enumerate(self.cfg.train.phases):
-            model = a.unwrap_model(model, keep_fp32_wrapper=False)
-            a.free_memory()  # forget the previous phase's wrapped objects before re-preparing
-            models.set_frozen(model, phase.freeze)
-            optimizer = optim.build_optimizer(model, phase.optim)
-            train_loader, val_loader = self.loaders()
-            model, optimizer, train_loader = a.prepare(model, optimizer, train_loader)
-            if val_loader is not None:
-                val_loader = a.prepare(val_loader)
-            steps_per_epoch = math.ceil(len(train_loader) / self.cfg.train.grad_accum_steps)
-            scheduler = optim.build_scheduler(optimizer, phase.optim, steps_per_epoch, phase.epochs)
-            self.scheduler_slot.scheduler = scheduler
-            self.print(
-                f"phase {phase_index + 1}/{len(self.cfg.train.phases)} '{phase.name}': {phase.epochs} epochs, "
-                f"freeze={phase.freeze}, {phase.optim.optimizer} lr {phase.optim.lr:g} "
-                f"(head x{phase.optim.head_lr_mult:g}), {phase.optim.scheduler} schedule, "
-                f"{models.count_trainable(a.unwrap_model(model)):,} trainable parameters"
-            )
-            self.progress.stale_epochs = 0
-            for _ in range(phase.epochs):
-                self._epoch(
-                    model, optimizer, scheduler, train_loader, val_loader, phase, phase_index
-                )
-                patience = self.cfg.train.early_stopping_patience
-                if patience and self.progress.stale_epochs >= patience:
-                    self.print(
-                        f"early stopping: {patience} epochs without a better {self.progress.metric}"
-                    )
-                    break
+            if self.resume and self.resume.payload.ema is not None:
+                self.ema.module.load_state_dict(self.resume.payload.ema)
+                self.ema.updates = self.resume.state["ema_updates"]
+        if cfg.checkpoint.enabled:
+            self.stop.install()
+        start = self.resume.position if self.resume else Position()
+        try:
+            for phase_index, phase in enumerate(cfg.train.phases):
+                if phase_index >= start.phase_index:
+                    at = start if phase_index == start.phase_index else Position(phase_index)
+                    model = self._phase(model, phase, at)
+        finally:
+            self.stop.uninstall()
         self.model = a.unwrap_model(model, keep_fp32_wrapper=False)
         self.wrapped = model
         # Checked before final_eval() loads the saved best weights, which would make every rank equal.
         self.checksums = gather_object([param_checksum(self.model)])
 
-    def _train_epoch(self, model, loader, optimizer, scheduler, phase: PhaseConfig) -> dict:
-        """One pass over the training data; returns mean loss and running accuracy (augmented)."""
+    def _phase(self, model, phase: PhaseConfig, at: Position):
+        """One phase from position `at` (its start, or where a resumed run left off)."""
+        a, cfg = self.accelerator, self.cfg
+        model = a.unwrap_model(model, keep_fp32_wrapper=False)
+        a.free_memory()  # forget the previous phase's wrapped objects before re-preparing
+        models.set_frozen(model, phase.freeze)
+        optimizer = optim.build_optimizer(model, phase.optim)
+        # The checkpoint's optimizer and schedule belong to this phase only if it was in progress.
+        restore = self.resume if self.resume and at is self.resume.position else None
+        if restore and restore.state["optimizer_phase"] != at.phase_index:
+            restore = None
+        if restore and restore.payload.optimizer is not None:
+            optimizer.load_state_dict(restore.payload.optimizer)
+        train_loader, val_loader = self.loaders()
+        model, optimizer = a.prepare(model, optimizer)
+        if val_loader is not None:
+            val_loader = a.prepare(val_loader)
+        steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum_steps)
+        scheduler = optim.build_scheduler(optimizer, phase.optim, steps_per_epoch, phase.epochs)
+        if restore:
+            optim.restore_scheduler(scheduler, restore.state["scheduler"])
+        self.print(
+            f"phase {at.phase_index + 1}/{len(cfg.train.phases)} '{phase.name}': {phase.epochs} epochs, "
+            f"freeze={phase.freeze}, {phase.optim.optimizer} lr {phase.optim.lr:g} "
+            f"(head x{phase.optim.head_lr_mult:g}), {phase.optim.scheduler} schedule, "
+            f"{models.count_trainable(a.unwrap_model(model)):,} trainable parameters"
+            + (f"; resuming at epoch {at.phase_epoch + 1}, batch {at.batch}" if restore else "")
+        )
+        if not restore:
+            self.progress.stale_epochs = 0
+        for phase_epoch in range(at.phase_epoch, phase.epochs):
+            here = Position(
+                at.phase_index, phase_epoch, at.batch if phase_epoch == at.phase_epoch else 0
+            )
+            if self._epoch(model, optimizer, scheduler, train_loader, val_loader, phase, here):
+                break
+        return model
+
+    def _phase_over(self, phase: PhaseConfig, phase_epoch: int) -> bool:
+        patience = self.cfg.train.early_stopping_patience
+        if patience and self.progress.stale_epochs >= patience:
+            self.print(f"early stopping: {patience} epochs without a better {self.progress.metric}")
+            return True
+        return phase_epoch + 1 >= phase.epochs
+
+    def _restore_progress(self, resume: Resume) -> None:
+        saved = resume.state["progress"]
+        self.progress = Progress(**{**saved, "metric": self.cfg.train.select_metric})
+        self._pending_rank_state = resume.payload.rank_state if resume.same_world else None
+        self.tracker.log(
+            "resume",
+            step=self.progress.step,
+            epoch=self.progress.epoch,
+            phase=resume.state["phase"],
+            checkpoint=resume.folder.name,
+            world_size=self.accelerator.num_processes,
+        )
+
+    _pending_rank_state: dict | None = None
+
+    def _train_epoch(
+        self, model, loader, optimizer, scheduler, phase: PhaseConfig, at: Position
+    ) -> dict:
+        """One pass over the training data from batch `at.batch`; returns mean loss and running
+        accuracy (augmented). Checks for a stop signal and saves step checkpoints on the way."""
         a, p, cfg = self.accelerator, self.progress, self.cfg.train
         model.train()
         if phase.freeze == "backbone" and cfg.freeze_bn:
@@ -344,37 +386,62 @@ class Run:
         loss_sum = torch.zeros((), device=a.device, dtype=torch.float32)  # MPS has no float64
         correct = torch.zeros((), device=a.device, dtype=torch.long)
         seen = torch.zeros((), device=a.device, dtype=torch.long)
-        clip = phase.optim.clip_grad_norm
-        bar = runtime.progress(loader, f"{phase.name} epoch {p.epoch + 1}", a)
-        for batch in bar:
+        clip, accum, every = (
+            phase.optim.clip_grad_norm,
+            cfg.grad_accum_steps,
+            self.cfg.checkpoint.every_steps,
+        )
+        n = len(loader.batch_sampler)
+        loader.batch_sampler.set_epoch(p.epoch, at.batch)
+        batches = iter(loader)
+        if self._pending_rank_state is not None:  # resumed: continue the interrupted RNG streams
+            checkpoint.set_rng_state(self._pending_rank_state["rng"])
+            if at.batch and self._pending_rank_state.get("sums"):
+                loss_sum += self._pending_rank_state["sums"][0]
+                correct += int(self._pending_rank_state["sums"][1])
+                seen += int(self._pending_rank_state["sums"][2])
+            self._pending_rank_state = None
+        desc = f"{phase.name} epoch {p.epoch + 1}"
+        bar = runtime.progress(batches, desc, a, total=n, initial=at.batch)
+        for i, batch in enumerate(bar, start=at.batch):
+            batch = to_device(batch, a.device)
             images, labels = batch["pixel_values"], batch["label"]
             targets = labels
             if self.mixer is not None:
                 images, targets = self.mixer(images, labels)  # soft targets (B, C)
-            with a.accumulate(model):
+            # Gradients are all-reduced on the last micro-batch of each update (and of the epoch).
+            sync = (i + 1) % accum == 0 or i + 1 == n
+            with contextlib.nullcontext() if sync else a.no_sync(model):
                 logits = model(images)
                 loss = self.criterion(logits, targets)
-                a.backward(loss)
-                if clip and a.sync_gradients:
-                    a.clip_grad_norm_(model.parameters(), clip)
-                optimizer.step()  # a no-op on accumulation micro-steps
-                optimizer.zero_grad(set_to_none=True)
-            n = labels.numel()
-            loss_sum += loss.detach().float() * n  # stays on device: no CPU-GPU sync per step
+                a.backward(loss)  # divided by grad_accum_steps
+            loss_sum += loss.detach().float() * labels.numel()  # on device: no sync per step
             correct += (logits.detach().argmax(dim=1) == labels).sum()
-            seen += n
-            if a.sync_gradients:
-                lr = optimizer.param_groups[-1]["lr"]  # the head's rate this update used
-                scheduler.step()
-                p.step += 1
-                if self.ema is not None:
-                    self.ema.update(a.unwrap_model(model))
-                if p.step % self.tracker.log_every == 0:
-                    value = loss.item()  # CPU-GPU sync point, once per log_every updates
-                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
-                    self.tracker.log(
-                        "train", step=p.step, epoch=p.epoch + 1, phase=phase.name, loss=value, lr=lr
-                    )
+            seen += labels.numel()
+            if not sync:
+                continue
+            if clip:
+                a.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            lr = optimizer.param_groups[-1]["lr"]  # the head's rate this update used
+            scheduler.step()
+            p.step += 1
+            if self.ema is not None:
+                self.ema.update(a.unwrap_model(model))
+            if p.step % self.tracker.log_every == 0:
+                value = loss.item()  # CPU-GPU sync point, once per log_every updates
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+                self.tracker.log(
+                    "train", step=p.step, epoch=p.epoch + 1, phase=phase.name, loss=value, lr=lr
+                )
+            stop = self.cfg.checkpoint.enabled and self.stop.agreed(a)
+            if (stop or (every and p.step % every == 0)) and i + 1 < n:  # epoch ends save anyway
+                here = Position(at.phase_index, at.phase_epoch, i + 1)
+                sums = [loss_sum.item(), correct.item(), seen.item()]
+                saved = self._save(model, optimizer, scheduler, phase, here, sums=sums)
+                if stop:
+                    raise Preempted(self.stop.signal_name, str(saved))
         totals = a.reduce(torch.stack([loss_sum, correct.float(), seen.float()]), reduction="sum")
         loss_sum, correct, seen = totals.tolist()
         return {
@@ -391,12 +458,12 @@ class Run:
         train_loader,
         val_loader,
         phase: PhaseConfig,
-        phase_index: int,
-    ) -> None:
+        at: Position,
+    ) -> bool:
+        """Train one epoch, validate, keep the best model, checkpoint; True if the phase is over."""
         a, p = self.accelerator, self.progress
-        train_loader.set_epoch(p.epoch)
         start = time.perf_counter()
-        train = self._train_epoch(model, train_loader, optimizer, scheduler, phase)
+        train = self._train_epoch(model, train_loader, optimizer, scheduler, phase, at)
         seconds = time.perf_counter() - start
         p.epoch += 1
         n_classes = len(self.class_names)
@@ -426,20 +493,63 @@ class Run:
             f"epoch {p.epoch} [{phase.name}] train loss {train['loss']:.4f} acc {train['accuracy']:.4f} | "
             f"{shown} | {seconds:.1f}s, {values['images_per_second']:.0f} img/s"
         )
-        self._select(model, val, ema_val)
+        improved = self._select(model, val, ema_val)
+        over = self._phase_over(phase, at.phase_epoch)
         if self.cfg.checkpoint.enabled:
-            state = {"phase_index": phase_index, "phase": phase.name, **p.__dict__}
-            checkpoint.save_checkpoint(
-                a, self.run_dir / "checkpoints", p.step, state, self.cfg.checkpoint.keep_last
+            following = (
+                Position(at.phase_index + 1)
+                if over
+                else Position(at.phase_index, at.phase_epoch + 1)
             )
+            saved = self._save(model, optimizer, scheduler, phase, following, is_best=improved)
+            if self.stop.agreed(a):
+                raise Preempted(self.stop.signal_name, str(saved))
+        return over
 
-    def _select(self, model, val: dict, ema_val: dict) -> None:
+    def _save(
+        self,
+        model,
+        optimizer,
+        scheduler,
+        phase: PhaseConfig,
+        following: Position,
+        sums: list[float] | None = None,
+        is_best: bool = False,
+    ) -> Path:
+        """A checkpoint from which training continues at `following` (collective)."""
+        a, p = self.accelerator, self.progress
+        state = {
+            "step": p.step,
+            "epoch": p.epoch,
+            "phase": phase.name,
+            "progress": dataclasses.asdict(p),
+            "next": dataclasses.asdict(following),
+            "optimizer_phase": self.cfg.train.phases.index(phase),
+            "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+            "ema_updates": self.ema.updates if self.ema is not None else None,
+            "world_size": a.num_processes,
+            "is_best": is_best,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        payload = checkpoint.Payload(
+            trainer_state=state,
+            model=a.unwrap_model(model).state_dict(),
+            optimizer=optimizer.state_dict(),
+            ema=self.ema.module.state_dict() if self.ema is not None else None,
+            rank_state={"rng": checkpoint.rng_state(), "sums": sums},
+        )
+        ck = self.cfg.checkpoint
+        return checkpoint.save(
+            a, self.run_dir / "checkpoints", p.step, payload, ck.keep_last, ck.keep_best
+        )
+
+    def _select(self, model, val: dict, ema_val: dict) -> bool:
         """Keep the better of the trained and the EMA weights if it beats the best so far
-        (without a val split: the last epoch's trained weights)."""
+        (without a val split: the last epoch's trained weights). True if it did."""
         a, p = self.accelerator, self.progress
         if not val.get("samples"):
             self._save_model(a.unwrap_model(model), val, "trained")
-            return
+            return True
         candidates = [(val, a.unwrap_model(model), "trained")]
         if ema_val.get("samples"):
             candidates.append((ema_val, self.ema.module, "ema"))
@@ -448,8 +558,9 @@ class Run:
             p.record_best(best_val)
             p.stale_epochs = 0
             self._save_model(weights, best_val, kind)
-        else:
-            p.stale_epochs += 1
+            return True
+        p.stale_epochs += 1
+        return False
 
     def _save_model(self, model: torch.nn.Module, val: dict, weights: str) -> None:
         a = self.accelerator
@@ -477,9 +588,7 @@ class Run:
         a = self.accelerator
         best = load_file(self.run_dir / "model" / "model.safetensors")
         a.unwrap_model(self.wrapped).load_state_dict(best)
-        loader = make_loader(
-            self.datasets[split], self.eval_batch_size, train=False, workers=self.workers, seed=0
-        )
+        loader = make_loader(self.datasets[split], self.eval_batch_size, workers=self.workers)
         result, preds = evaluate(self.wrapped, a.prepare(loader), a, len(self.class_names), split)
         if split == "test":
             p = self.progress
@@ -549,13 +658,22 @@ class Run:
 
 
 def run(cfg: RunConfig) -> dict:
-    """Train, select the best epoch on val, test it, write the run folder; returns the summary."""
+    """Train, select the best epoch on val, test it, write the run folder; returns the summary.
+
+    Stopped by SIGUSR1/SIGTERM: saves a checkpoint, requeues a Slurm job (checkpoint.requeue)
+    and exits with EXIT_PREEMPTED; rerunning the same command continues from the checkpoint.
+    """
     accelerator = make_accelerator(cfg)
     ok = False
     try:
         r = Run(cfg, accelerator)
         start = time.perf_counter()
-        r.fit()
+        try:
+            r.fit()
+        except Preempted as e:
+            _stopped(r, e)
+            ok = True
+            raise SystemExit(EXIT_PREEMPTED) from None
         train_seconds = time.perf_counter() - start
         split, result, preds = r.final_eval()
         if split:
@@ -583,5 +701,37 @@ def run(cfg: RunConfig) -> dict:
             print("warning: model weights differ across processes; DDP lost sync", file=sys.stderr)
         ok = True
         return summary
+    except Exception as e:
+        _name_rank(accelerator, e, cfg)
+        raise
     finally:
         runtime.shutdown(accelerator, barrier=ok)
+
+
+def _stopped(r: Run, e: Preempted) -> None:
+    r.tracker.finish()
+    r.print(
+        f"stopped by {e.signal_name} at step {r.progress.step}: checkpoint {e.checkpoint}\n"
+        f"the same command continues the run (checkpoint.resume=auto)"
+    )
+    if r.cfg.checkpoint.requeue and r.accelerator.is_main_process:
+        requeue(say=r.print)
+
+
+def _name_rank(accelerator, error: Exception, cfg: RunConfig) -> None:
+    """With several processes, say which one failed and, for a failed collective, why."""
+    if accelerator.num_processes == 1:
+        return
+    where = (
+        f"rank {accelerator.process_index} of {accelerator.num_processes} on {socket.gethostname()}"
+    )
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, (RuntimeError, torch.distributed.DistError)):
+        print(
+            f"error on {where}: a collective failed ({text}); another process died or did not "
+            f"answer within train.collective_timeout_s={cfg.train.collective_timeout_s} s; the "
+            f"launcher's report names the rank that failed first",
+            file=sys.stderr,
+        )
+    else:
+        print(f"error on {where}: {type(error).__name__}: {text}", file=sys.stderr)

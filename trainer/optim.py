@@ -149,3 +149,11 @@ class SchedulerSlot:
     def load_state_dict(self, state: dict) -> None:
         if self.scheduler is not None and state:
             self.scheduler.load_state_dict(state)
+
+
+def restore_scheduler(scheduler: LambdaLR, state: dict) -> None:
+    """Load a schedule saved without its lambdas (JSON), and put its current rate back into the
+    optimizer: building a LambdaLR sets the rate of step 0, which loading alone does not undo."""
+    scheduler.load_state_dict({**state, "lr_lambdas": [None] * len(scheduler.lr_lambdas)})
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
+        group["lr"] = lr

@@ -88,6 +88,11 @@ def git_sha() -> str | None:
 
 def provenance(world_size: int, device: torch.device) -> dict[str, Any]:
     """What produced a run: versions, commit, machine; stored in RUN_DIR/env.json."""
+    from trainer import secrets
+
+    # The command with its secrets as "***"; scrubbed in sys.argv itself, for W&B and any other
+    # reader after us.
+    secrets.scrub_argv()
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": socket.gethostname(),
@@ -116,8 +121,9 @@ def provenance(world_size: int, device: torch.device) -> dict[str, Any]:
     }
 
 
-def progress(iterable: Iterable, desc: str, accelerator) -> tqdm:
-    """A progress bar on the local main process; in logs (not a terminal) a line every 30 s."""
+def progress(iterable: Iterable, desc: str, accelerator, **kwargs: Any) -> tqdm:
+    """A progress bar on the local main process; in logs (not a terminal) a line every 30 s.
+    `kwargs` go to tqdm (e.g. total= and initial= for a resumed epoch)."""
     tty = sys.stderr.isatty()
     return tqdm(
         iterable,
@@ -126,6 +132,7 @@ def progress(iterable: Iterable, desc: str, accelerator) -> tqdm:
         disable=not accelerator.is_local_main_process,
         mininterval=0.1 if tty else 30.0,
         dynamic_ncols=tty,
+        **kwargs,
     )
 
 
