@@ -539,11 +539,27 @@ def load_config(config: str | None = None, overrides: list[str] = ()) -> RunConf
     return _build(RunConfig, tree, "")
 
 
+# Config fields that hold secrets: written as null wherever a config goes (config.yaml, checkpoints,
+# the tracker). Null rather than "***" so that a reloaded config falls back to the environment
+# instead of using "***" as a key.
+SECRET_FIELDS = ("api_key",)
+
+
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as plain data, secrets left out: safe to write or send anywhere."""
+    return _without_secrets(dataclasses.asdict(cfg))
+
+
+def _without_secrets(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: None if k in SECRET_FIELDS else _without_secrets(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_without_secrets(v) for v in tree]
+    return tree
 
 
 def dump_yaml(cfg: RunConfig) -> str:
+    """config.yaml's text: the resolved config, secrets left out (to_dict)."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
 
 
