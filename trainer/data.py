@@ -6,6 +6,8 @@ Two layouts are accepted:
 A root that only wraps one sub-folder (e.g. `facade-dataset/角度正/` holding `0/` and `1/`) is
 descended into. The index is built with `os.scandir` (fast on large trees) and handed to
 `datasets` as explicit file paths, so `datasets`' own imagefolder resolver is never run.
+With `data.check_images`, every indexed file is decoded once (`trainer.scan`, cached) and bad
+files are left out before the split, so the split of the good files is the same on every rank.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import datasets
 import numpy as np
 
 from trainer.config import DataConfig
+from trainer.scan import cache_file, check_files
 from trainer.transforms import load_rgb
 
 IMAGE_EXTENSIONS = frozenset(
@@ -49,6 +52,8 @@ class DataIndex:
     layout: str  # "pre-split" or "ratio-split"
     splits: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # things the user should hear about
+    bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), left out
+    ignored: list[str] = field(default_factory=list)  # files that are not images by their name
 
     def counts(self) -> dict[str, int]:
         return {name: len(items) for name, items in self.splits.items()}
@@ -66,8 +71,9 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def list_images(folder: Path) -> list[str]:
-    """All image files below `folder` (recursively), sorted so the order never depends on the disk."""
+def list_images(folder: Path, ignored: list[str] | None = None) -> list[str]:
+    """All image files below `folder` (recursively), sorted so the order never depends on the disk.
+    Other files (.DS_Store, notes.txt) are appended to `ignored` when it is given."""
     found: list[str] = []
     stack = [str(folder)]
     while stack:
@@ -75,8 +81,11 @@ def list_images(folder: Path) -> list[str]:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=True) and not entry.name.startswith("."):
                     stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=True) and is_image_file(entry.name):
-                    found.append(entry.path)
+                elif entry.is_file(follow_symlinks=True):
+                    if is_image_file(entry.name):
+                        found.append(entry.path)
+                    elif ignored is not None:
+                        ignored.append(entry.path)
     return sorted(found)
 
 
@@ -97,30 +106,87 @@ def find_image_root(root: Path) -> Path:
             return root
 
 
-def _class_folders(split_dir: Path) -> dict[str, list[str]]:
-    return {d.name: list_images(d) for d in _subdirs(split_dir)}
+ClassFolders = dict[str, list[str]]  # class name -> its image files
 
 
-def scan(cfg: DataConfig) -> DataIndex:
-    """Index `cfg.root` into train/val/test lists; raises DataError for unusable folders."""
+def _class_folders(split_dir: Path, ignored: list[str] | None = None) -> ClassFolders:
+    return {d.name: list_images(d, ignored) for d in _subdirs(split_dir)}
+
+
+def scan(cfg: DataConfig, workers: int | None = None) -> DataIndex:
+    """Index `cfg.root` into train/val/test lists; raises DataError for unusable folders.
+
+    With `cfg.check_images`, bad files (see `trainer.scan.check_file`) are found with `workers`
+    processes (default: all CPUs) and left out before the split, or raise with
+    `cfg.on_bad_file=error`. The verdicts are cached, so ranks that scan after the main one
+    (`main_process_first`) only read them.
+    """
     if not cfg.root:
         raise DataError("data.root is not set: pass data.root=/path/to/images")
     root = find_image_root(Path(cfg.root).expanduser())
     split_dirs = {
         SPLIT_ALIASES[p.name.lower()]: p for p in _subdirs(root) if p.name.lower() in SPLIT_ALIASES
     }
+    ignored: list[str] = []
     if "train" in split_dirs:
-        return _warn_small_classes(_scan_pre_split(root, split_dirs, cfg))
-    return _warn_small_classes(_scan_and_split(root, cfg))
+        trees = {s: _class_folders(d, ignored) for s, d in split_dirs.items()}
+    else:
+        trees = {"all": _class_folders(root, ignored)}
+    bad = _find_bad_files(trees, root, cfg, workers)
+    trees = {s: _without(tree, bad) for s, tree in trees.items()}
+    if "train" in split_dirs:
+        index = _scan_pre_split(root, split_dirs, trees, cfg)
+    else:
+        index = _scan_and_split(root, trees["all"], cfg)
+    index.bad_files, index.ignored = sorted(bad.items()), sorted(ignored)
+    if bad:
+        index.notes.insert(
+            0, f"{len(bad)} bad files skipped, listed in bad_files.csv of the run folder"
+        )
+    if ignored:
+        names = ", ".join(sorted({Path(p).name for p in ignored})[:5])
+        index.notes.append(f"{len(ignored)} files ignored as not images by their name ({names})")
+    return _warn_small_classes(index)
 
 
-def _usable_classes(folders: dict[str, list[str]], where: Path, notes: list[str]) -> list[str]:
+MAX_LISTED = 10  # bad files named in an error message; `trainer scan` lists them all
+
+
+def _find_bad_files(
+    trees: dict[str, ClassFolders], root: Path, cfg: DataConfig, workers: int | None
+) -> dict[str, str]:
+    if not cfg.check_images:
+        return {}
+    paths = [f for tree in trees.values() for files in tree.values() for f in files]
+    bad = check_files(paths, cfg.max_image_pixels, workers, cache_file(root))
+    if bad and cfg.on_bad_file == "error":
+        listed = [f"  {os.path.relpath(p, root)}: {bad[p]}" for p in sorted(bad)[:MAX_LISTED]]
+        more = [f"  ... and {len(bad) - MAX_LISTED} more"] if len(bad) > MAX_LISTED else []
+        raise DataError(
+            "\n".join(
+                [f"{len(bad)} bad image files in {root} (data.on_bad_file=error):"]
+                + listed
+                + more
+                + [
+                    "fix or remove them, or set data.on_bad_file=skip to train without them "
+                    f"(`trainer scan {root}` lists them all)"
+                ]
+            )
+        )
+    return bad
+
+
+def _without(tree: ClassFolders, bad: dict[str, str]) -> ClassFolders:
+    return {name: [f for f in files if f not in bad] for name, files in tree.items()}
+
+
+def _usable_classes(folders: ClassFolders, where: Path, notes: list[str]) -> list[str]:
     names = []
     for name, files in folders.items():
         if files:
             names.append(name)
         else:
-            notes.append(f"class folder {where / name} holds no images; skipped")
+            notes.append(f"class folder {where / name} holds no usable images; skipped")
     if len(names) < 2:
         raise DataError(
             f"data.root: {str(where)!r} needs at least 2 class sub-folders with images, "
@@ -142,12 +208,14 @@ def _warn_small_classes(index: DataIndex) -> DataIndex:
     return index
 
 
-def _scan_pre_split(root: Path, split_dirs: dict[str, Path], cfg: DataConfig) -> DataIndex:
+def _scan_pre_split(
+    root: Path, split_dirs: dict[str, Path], trees: dict[str, ClassFolders], cfg: DataConfig
+) -> DataIndex:
     notes: list[str] = []
     extra = [p.name for p in _subdirs(root) if p.name.lower() not in SPLIT_ALIASES]
     if extra:
         notes.append(f"pre-split layout: ignoring folders that are not splits: {', '.join(extra)}")
-    train_folders = _class_folders(split_dirs["train"])
+    train_folders = trees["train"]
     class_names = _usable_classes(train_folders, split_dirs["train"], notes)
     label_of = {name: i for i, name in enumerate(class_names)}
     index = DataIndex(root, class_names, "pre-split", notes=notes)
@@ -155,7 +223,7 @@ def _scan_pre_split(root: Path, split_dirs: dict[str, Path], cfg: DataConfig) ->
     for split in ("val", "test"):
         if split not in split_dirs:
             continue
-        folders = {c: fs for c, fs in _class_folders(split_dirs[split]).items() if fs}
+        folders = {c: fs for c, fs in trees[split].items() if fs}
         unknown = sorted(set(folders) - set(label_of))
         if unknown:
             raise DataError(
@@ -174,9 +242,8 @@ def _scan_pre_split(root: Path, split_dirs: dict[str, Path], cfg: DataConfig) ->
     return index
 
 
-def _scan_and_split(root: Path, cfg: DataConfig) -> DataIndex:
+def _scan_and_split(root: Path, folders: ClassFolders, cfg: DataConfig) -> DataIndex:
     notes: list[str] = []
-    folders = _class_folders(root)
     class_names = _usable_classes(folders, root, notes)
     items = [(f, i) for i, c in enumerate(class_names) for f in folders[c]]
     parts = stratified_split(items, cfg.split, cfg.split_seed, class_names)
@@ -259,6 +326,15 @@ def write_splits_csv(index: DataIndex, path: Path) -> None:
         for split, items in index.splits.items():
             for p, label in items:
                 writer.writerow([split, index.class_names[label], os.path.relpath(p, index.root)])
+
+
+def write_bad_files_csv(index: DataIndex, path: Path) -> None:
+    """RUN_DIR/bad_files.csv: the files left out because they do not decode, and why."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "reason"])
+        for p, reason in index.bad_files:
+            writer.writerow([os.path.relpath(p, index.root), reason])
 
 
 class _ApplyTransform:
