@@ -1,4 +1,4 @@
-"""`trainer` command line: train, eval, predict, config, recipes, demo.
+"""`trainer` command line: train, eval, predict, scan, config, recipes, demo.
 
 Mistakes in what the user typed (config keys, paths, folders) end with exit code 2 and one line
 naming the bad value, never a traceback.
@@ -10,6 +10,11 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trainer.config import DataConfig
+    from trainer.data import DataIndex
 
 EXIT_USAGE = 2
 
@@ -114,6 +119,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", metavar="DIR", help="write a weights file here instead of the library cache"
     )
 
+    p = sub.add_parser(
+        "scan",
+        help="check an image folder before training: layout, classes, bad files",
+        description="Index DATA_DIR as training would and fully decode every image (in parallel, "
+        "cached): prints the layout, images per class and split, and the files training would "
+        "skip (empty, truncated, not an image, over the pixel limit) with the reason.",
+    )
+    p.add_argument("data_dir", help="class sub-folders, or train/ val/ test/ splits of them")
+    p.add_argument(
+        "--json", metavar="FILE|-", help="also write the report as JSON ('-': stdout only)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="decoding processes (default: all CPUs)"
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images with more pixels are bad (data.max_image_pixels; default: Pillow's limit)",
+    )
+
     p = sub.add_parser("config", help="print the resolved config, or every key with --keys")
     _add_config_args(p)
     p.add_argument(
@@ -174,6 +201,70 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         "use one with: trainer train --config NAME data.root=... ; show it: trainer config --config NAME"
     )
     return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    import json
+
+    from trainer.config import ConfigError, DataConfig
+    from trainer.data import DataError, scan
+
+    for flag, value in (("--workers", args.workers), ("--max-image-pixels", args.max_image_pixels)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag}: expected >= 1, got {value}")
+    if not Path(args.data_dir).expanduser().is_dir():
+        raise DataError(f"{args.data_dir!r} is not a folder")
+    cfg = DataConfig(root=args.data_dir, max_image_pixels=args.max_image_pixels)
+    report = _scan_report(scan(cfg, workers=args.workers), cfg)
+    text = json.dumps(report, indent=2, ensure_ascii=False)
+    if args.json == "-":
+        print(text)
+        return 0
+    _print_scan_report(report)
+    if args.json:
+        Path(args.json).write_text(text + "\n", encoding="utf-8")
+        print(f"report -> {args.json}")
+    return 0
+
+
+def _scan_report(index: DataIndex, cfg: DataConfig) -> dict:
+    """What `trainer scan` prints, as JSON-ready data; paths relative to the image root."""
+    splits = list(index.splits)
+    return {
+        "root": str(index.root.resolve()),
+        "layout": index.layout,
+        "split": cfg.split if index.layout == "ratio-split" else None,
+        "split_seed": cfg.split_seed if index.layout == "ratio-split" else None,
+        "classes": index.class_names,
+        "counts": {s: dict(zip(index.class_names, index.class_counts(s))) for s in splits},
+        "bad_files": [
+            {"path": os.path.relpath(p, index.root), "reason": r} for p, r in index.bad_files
+        ],
+        "ignored": [os.path.relpath(p, index.root) for p in index.ignored],
+        "notes": index.notes,
+    }
+
+
+def _print_scan_report(report: dict) -> None:
+    layout = report["layout"]
+    if report["split"]:
+        layout += f" by data.split {report['split']} with data.split_seed {report['split_seed']}"
+    print(f"{report['root']}: {layout}, {len(report['classes'])} classes")
+    counts, splits = report["counts"], list(report["counts"])
+    width = max(len(c) for c in [*report["classes"], "class"])
+    print(f"{'class':{width}} " + " ".join(f"{s:>7}" for s in splits) + f" {'total':>7}")
+    for c in [*report["classes"], "total"]:
+        row = [counts[s][c] if c != "total" else sum(counts[s].values()) for s in splits]
+        print(f"{c:{width}} " + " ".join(f"{n:7d}" for n in row) + f" {sum(row):7d}")
+    bad = report["bad_files"]
+    print(
+        f"bad files: {len(bad)}"
+        + (" (training leaves them out; with data.on_bad_file=error it stops)" if bad else "")
+    )
+    for b in bad:
+        print(f"  {b['path']}: {b['reason']}")
+    for note in report["notes"]:
+        print(f"note: {note}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -291,6 +382,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "predict": cmd_predict,
     "export": cmd_export,
+    "scan": cmd_scan,
     "weights": cmd_weights,
     "config": cmd_config,
     "recipes": cmd_recipes,
