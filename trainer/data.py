@@ -16,6 +16,7 @@ import csv
 import os
 import zlib
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,22 +159,27 @@ def _find_bad_files(
     if not cfg.check_images:
         return {}
     paths = [f for tree in trees.values() for files in tree.values() for f in files]
-    bad = check_files(paths, cfg.max_image_pixels, workers, cache_file(root))
-    if bad and cfg.on_bad_file == "error":
-        listed = [f"  {os.path.relpath(p, root)}: {bad[p]}" for p in sorted(bad)[:MAX_LISTED]]
-        more = [f"  ... and {len(bad) - MAX_LISTED} more"] if len(bad) > MAX_LISTED else []
+    try:
+        bad = check_files(paths, cfg.max_image_pixels, workers, cache_file(root))
+    except BrokenProcessPool:  # a decoding process was killed, e.g. out of memory
         raise DataError(
-            "\n".join(
-                [f"{len(bad)} bad image files in {root} (data.on_bad_file=error):"]
-                + listed
-                + more
-                + [
-                    "fix or remove them, or set data.on_bad_file=skip to train without them "
-                    f"(`trainer scan {root}` lists them all)"
-                ]
-            )
-        )
+            f"a process checking the images in {root} died (out of memory on a huge image?): "
+            "lower data.max_image_pixels, or turn the check off with data.check_images=false"
+        ) from None
+    if bad and cfg.on_bad_file == "error":
+        raise _bad_files_error(bad, root)
     return bad
+
+
+def _bad_files_error(bad: dict[str, str], root: Path) -> DataError:
+    listed = [f"  {os.path.relpath(p, root)}: {bad[p]}" for p in sorted(bad)[:MAX_LISTED]]
+    more = [f"  ... and {len(bad) - MAX_LISTED} more"] if len(bad) > MAX_LISTED else []
+    way_out = (
+        "fix or remove them, or set data.on_bad_file=skip to train without them "
+        f"(`trainer scan {root}` lists them all)"
+    )
+    head = f"{len(bad)} bad image files in {root} (data.on_bad_file=error):"
+    return DataError("\n".join([head, *listed, *more, way_out]))
 
 
 def _without(tree: ClassFolders, bad: dict[str, str]) -> ClassFolders:

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 
 from tests.conftest import make_folder, run_cli
 from tests.image_corpus import BAD, GOOD_ODD, IGNORED, write_corpus
+from trainer import data as data_module
 from trainer import scan as scan_module
 from trainer.cli import main
 from trainer.config import DataConfig
@@ -191,6 +193,15 @@ def test_on_bad_file_error_names_the_files_and_the_way_out(corpus):
     text = str(err.value)
     assert f"{len(BAD)} bad image files" in text and "a/truncated.jpg: truncated JPEG" in text
     assert "data.on_bad_file=skip" in text
+
+
+def test_a_killed_decoding_process_is_a_data_error(corpus, monkeypatch):
+    def killed(*args, **kwargs):
+        raise BrokenProcessPool("a child process terminated abruptly")
+
+    monkeypatch.setattr(data_module, "check_files", killed)
+    with pytest.raises(DataError, match="data.max_image_pixels"):
+        scan(DataConfig(root=str(corpus)))
 
 
 def test_check_images_off_indexes_every_image_file(corpus):
