@@ -55,7 +55,7 @@ class DataConfig:
     check_images: bool = True
     """Fully decode every image once before training (in parallel, cached by size and mtime)."""
     max_image_pixels: int | None = None
-    """Images with more pixels are bad files; null: Pillow's decompression-bomb limit (89,478,485)."""
+    """Images with more pixels are bad files (decompression bombs); null: 360,000,000."""
 
     def __post_init__(self) -> None:
         if self.max_image_pixels is not None and self.max_image_pixels < 1:

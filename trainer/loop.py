@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import PIL.Image
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -31,7 +32,6 @@ from accelerate.utils import (
     gather_object,
     set_seed,
 )
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from trainer import checkpoint, data, losses, metrics, models, optim, plots, report, runtime
@@ -39,6 +39,7 @@ from trainer.config import PhaseConfig, RunConfig
 from trainer.ema import ModelEMA
 from trainer.preemption import EXIT_PREEMPTED, Preempted, StopFlag, ignore_in_workers, requeue
 from trainer.resume import Position, Resume, prepare_run_dir
+from trainer.safeload import load_safetensors
 from trainer.sampling import EpochBatchSampler, SeededView
 from trainer.tracking import Tracker, accelerate_log_with
 from trainer.transforms import Preprocessing, eval_transform, train_transform
@@ -186,6 +187,8 @@ class Run:
         self.print = self.accelerator.print
         self.run_dir, self.resume = prepare_run_dir(cfg, self.accelerator)
         set_seed(cfg.train.seed)  # the same initial weights on every rank
+        if cfg.data.max_image_pixels:  # what the scan let through, the loader must open
+            PIL.Image.MAX_IMAGE_PIXELS = cfg.data.max_image_pixels
         # The main process checks every image first; the others then read its cached verdicts,
         # so every rank leaves out the same bad files.
         with self.accelerator.main_process_first():
@@ -221,10 +224,7 @@ class Run:
         self.mixer = losses.batch_mixer(cfg.train, len(self.class_names))
         self.ema: ModelEMA | None = None
         resume_step = self.resume.state["step"] if self.resume else None
-        import inspect  # TEMP until tracking lands resume_step
-
-        kw = {"resume_step": resume_step} if "resume_step" in inspect.signature(Tracker).parameters else {}
-        self.tracker = Tracker(self.accelerator, self.run_dir, cfg, **kw)
+        self.tracker = Tracker(self.accelerator, self.run_dir, cfg, resume_step=resume_step)
         self.progress = Progress(metric=cfg.train.select_metric)
         self.stop = StopFlag()
         if self.accelerator.is_main_process:
@@ -586,7 +586,7 @@ class Run:
         if split is None:
             return None, {}, {}
         a = self.accelerator
-        best = load_file(self.run_dir / "model" / "model.safetensors")
+        best = load_safetensors(self.run_dir / "model" / "model.safetensors")
         a.unwrap_model(self.wrapped).load_state_dict(best)
         loader = make_loader(self.datasets[split], self.eval_batch_size, workers=self.workers)
         result, preds = evaluate(self.wrapped, a.prepare(loader), a, len(self.class_names), split)

@@ -35,6 +35,7 @@ RUN_FILES = (
     "bad_files.csv",
     "resumes.jsonl",
     "wandb_run.json",
+    "wandb",
     "checkpoints",
     "model",
 )
