@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import BIN, REPO, assert_ok, free_port, make_pre_split
+from trainer import checkpoint
 
 RUNNER = Path(__file__).with_name("resume_runner.py")
 TRAIN_ROWS = 48  # 3 classes x 16: whole batches of 8 on 1 and on 2 processes, nothing dropped
@@ -263,3 +264,48 @@ def test_a_dead_rank_ends_the_job_and_is_named(data, tmp_path):
     assert out.returncode != 0
     assert time.monotonic() - began < 90
     assert "rank: 1" in out.stdout and "Signal 9" in out.stdout, out.stdout[-3000:]
+
+
+def test_repeated_sigterm_saves_once_requeues_the_array_task_and_resumes_exactly(
+    data, reference, tmp_path
+):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    fake = bin_dir / "scontrol"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    fake.chmod(0o755)
+    slurm = {
+        "PATH": f"{bin_dir}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_ARRAY_JOB_ID": "4240",
+        "SLURM_ARRAY_TASK_ID": "2",
+    }
+    run = tmp_path / "run"
+    proc = start(data, run, 1, env=slurm)
+    wait_until(proc, lambda: logged_steps(run) >= 4, "step 4")
+    for _ in range(20):  # the first sets the flag; the rest land during the save
+        if proc.poll() is not None:
+            break
+        os.kill(proc.pid, signal.SIGTERM)
+        time.sleep(0.02)
+    stopped = finish(proc, run)
+    assert stopped.returncode == 75, stopped.stdout[-3000:]
+    assert "stopped by SIGTERM" in stopped.stdout
+    assert calls.read_text().split() == ["requeue", "4240_2"]
+    for folder in (run / "checkpoints").glob("step-*"):
+        assert not folder.name.endswith(".tmp")
+        checkpoint.verify(folder)
+    assert_ok(train(data, run, 1))
+    assert_same_run(run, reference[1])
+
+
+def test_a_stuck_rank_fails_the_job_after_the_collective_timeout(data, tmp_path):
+    run = tmp_path / "run"
+    proc = start(data, run, 2, "train.collective_timeout_s=5", "train.epochs=50")
+    wait_until(proc, lambda: logged_steps(run) >= 2, "step 2")
+    os.kill(rank_pids(proc)[1], signal.SIGSTOP)  # alive but never answers
+    out = finish(proc, run, timeout=150)
+    assert out.returncode != 0
+    assert "error on rank 0 of 2" in out.stdout
+    assert "train.collective_timeout_s=5" in out.stdout, out.stdout[-3000:]

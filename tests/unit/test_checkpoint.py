@@ -138,3 +138,17 @@ def test_a_restored_schedule_continues_with_the_rate_it_had():
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
     opt.step(), sched.step(), opt2.step(), sched2.step()
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+
+
+def test_requeue_names_the_array_task_or_the_job(monkeypatch):
+    from trainer import preemption
+
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert preemption.slurm_job_id() is None
+    assert preemption.requeue() is False  # not under Slurm: nothing to do
+    monkeypatch.setenv("SLURM_JOB_ID", "101")
+    assert preemption.slurm_job_id() == "101"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "100")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    assert preemption.slurm_job_id() == "100_7"
