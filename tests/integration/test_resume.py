@@ -56,8 +56,8 @@ def command(processes: int) -> list[str]:
     ]
 
 
-def start(data: Path, run: Path, processes: int, *extra: str, env: dict | None = None):
-    cmd = [*command(processes), *ARGS, f"data.root={data}", f"output_dir={run}", *extra]
+def start(data: Path, run: Path, processes: int, *extra: str, env: dict | None = None, args=ARGS):
+    cmd = [*command(processes), *args, f"data.root={data}", f"output_dir={run}", *extra]
     full_env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -77,8 +77,8 @@ def finish(proc: subprocess.Popen, run: Path, timeout: int = 300) -> subprocess.
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, out)
 
 
-def train(data: Path, run: Path, processes: int, *extra: str, env: dict | None = None):
-    return finish(start(data, run, processes, *extra, env=env), run)
+def train(data: Path, run: Path, processes: int, *extra: str, env: dict | None = None, args=ARGS):
+    return finish(start(data, run, processes, *extra, env=env, args=args), run)
 
 
 def wait_until(proc: subprocess.Popen, condition, what: str, timeout: float = 240) -> None:
@@ -309,3 +309,34 @@ def test_a_stuck_rank_fails_the_job_after_the_collective_timeout(data, tmp_path)
     assert out.returncode != 0
     assert "error on rank 0 of 2" in out.stdout
     assert "train.collective_timeout_s=5" in out.stdout, out.stdout[-3000:]
+
+
+TWO_PHASES = """
+model: {name: torchvision/resnet18, pretrained: false}
+data: {image_size: 32, num_workers: 1}
+train:
+  batch_size: 8
+  log_every: 1
+  ema_decay: 0.9
+  phases:
+    - {name: head, epochs: 2, freeze: backbone, optim: {optimizer: adam, lr: 0.001}}
+    - {name: finetune, epochs: 2, optim: {optimizer: sgd, lr: 0.01}}
+checkpoint: {every_steps: 2}
+"""
+
+
+def test_a_two_phase_run_stopped_in_its_second_phase_resumes_exactly(data, tmp_path):
+    recipe = tmp_path / "two-phase.yaml"
+    recipe.write_text(TWO_PHASES)
+    args = ("--config", str(recipe))
+    assert_ok(train(data, tmp_path / "reference", 1, args=args))
+    run = tmp_path / "run"
+    proc = start(data, run, 1, args=args)
+    wait_until(proc, lambda: logged_steps(run) >= 15, "step 15 (phase 2)")  # 12 steps in phase 1
+    os.kill(proc.pid, signal.SIGUSR1)
+    assert finish(proc, run).returncode == 75
+    resumed = train(data, run, 1, args=args)
+    assert_ok(resumed)
+    continued = resumed.stdout.split("resuming from")[-1]  # the log holds both attempts
+    assert "phase 2/2 'finetune'" in continued and "phase 1/2" not in continued
+    assert_same_run(run, tmp_path / "reference")
