@@ -50,6 +50,13 @@ class DataConfig:
     """Probability of erasing a random rectangle of each training image (0: off; timm uses 0.25)."""
     sampler: Literal["shuffle", "balanced"] = "shuffle"
     """shuffle: each image once per epoch; balanced: draw classes equally often (imbalanced data)."""
+    augment: bool = True
+    """false: train on the eval view (resize + center crop) with no random crop, flip or policy."""
+    pipeline: Literal["auto", "pil", "cached"] = "auto"
+    """pil: decode and augment every image every epoch in loader workers; cached: decode once to a
+    uint8 cache, crop/flip/normalize batched on the device; auto: cached where it can be used."""
+    cache_dir: str | None = None
+    """Where the uint8 pixel cache lives; null: $TRAINER_CACHE_DIR or ~/.cache/trainer, /pixels."""
     on_bad_file: Literal["skip", "error"] = "skip"
     """skip: leave out files that do not decode (listed in RUN_DIR/bad_files.csv); error: stop first."""
     check_images: bool = True
@@ -194,6 +201,13 @@ class TrainConfig:
     """Keep BatchNorm layers of a frozen backbone in eval mode, so their statistics stay put."""
     sync_bn: bool = False
     """SyncBatchNorm across GPUs under DDP (small per-GPU batches); ignored on CPU and one process."""
+    channels_last: bool | None = None
+    """NHWC memory format (faster convolutions on tensor cores); null: on when training on CUDA."""
+    compile: bool = False
+    """torch.compile the model (first steps slower while it compiles; faster after)."""
+    feature_cache: Literal["auto", "on", "off"] = "auto"
+    """Frozen-backbone phases: compute backbone features once, train the head on them; auto: on
+    when the head's inputs cannot change between epochs (no augmentation, no MixUp/CutMix)."""
     select_metric: Literal["val_accuracy", "val_loss", "val_balanced_accuracy", "val_macro_f1"] = (
         "val_accuracy"
     )
