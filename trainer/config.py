@@ -606,7 +606,7 @@ def _field_docs() -> dict[tuple[str, str], str]:
                     and isinstance(b.value, ast.Constant)
                     and isinstance(b.value.value, str)
                 ):
-                    docs[(node.name, a.target.id)] = b.value.value.strip()
+                    docs[(node.name, a.target.id)] = " ".join(b.value.value.split())
     return docs
 
 
