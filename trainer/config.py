@@ -205,9 +205,9 @@ class TrainConfig:
     """NHWC memory format (faster convolutions on tensor cores); null: on when training on CUDA."""
     compile: bool = False
     """torch.compile the model (first steps slower while it compiles; faster after)."""
-    feature_cache: Literal["auto", "on", "off"] = "auto"
-    """Frozen-backbone phases: compute backbone features once, train the head on them; auto: on
-    when the head's inputs cannot change between epochs (no augmentation, no MixUp/CutMix)."""
+    feature_cache: bool | None = None
+    """Frozen-backbone phases: compute backbone features once, train the head on them; null: when
+    the head's inputs cannot change between epochs (no augmentation, no MixUp/CutMix, no dropout)."""
     select_metric: Literal["val_accuracy", "val_loss", "val_balanced_accuracy", "val_macro_f1"] = (
         "val_accuracy"
     )

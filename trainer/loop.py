@@ -34,7 +34,18 @@ from accelerate.utils import (
 )
 from torch.utils.data import DataLoader
 
-from trainer import checkpoint, data, losses, metrics, models, optim, plots, report, runtime
+from trainer import (
+    checkpoint,
+    data,
+    features,
+    losses,
+    metrics,
+    models,
+    optim,
+    plots,
+    report,
+    runtime,
+)
 from trainer.config import PhaseConfig, RunConfig
 from trainer.ema import ModelEMA
 from trainer.preemption import EXIT_PREEMPTED, Preempted, StopFlag, ignore_in_workers, requeue
@@ -85,6 +96,7 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
             use_seedable_sampler=True, data_seed=cfg.train.seed
         ),
         step_scheduler_with_optimizer=False,  # we step our per-update schedule ourselves
+        dynamo_backend="inductor" if cfg.train.compile else None,  # torch.compile in prepare()
         # A dead or stuck process fails the others' collectives after this long, not never.
         kwargs_handlers=[
             InitProcessGroupKwargs(
@@ -129,6 +141,13 @@ def to_device(batch: dict, device: torch.device) -> dict:
     }
 
 
+def nhwc(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Images in channels-last layout when asked (features, 2-D, pass unchanged)."""
+    if channels_last and images.dim() == 4:
+        return images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
 def param_checksum(model: torch.nn.Module) -> str:
     """sha256 of every parameter's bytes: equal on all ranks iff DDP kept them in sync.
 
@@ -144,7 +163,12 @@ def param_checksum(model: torch.nn.Module) -> str:
 
 @torch.no_grad()
 def evaluate(
-    model, loader, accelerator: Accelerator, num_classes: int, desc: str = "eval"
+    model,
+    loader,
+    accelerator: Accelerator,
+    num_classes: int,
+    desc: str = "eval",
+    channels_last: bool = False,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Metrics over `loader`, each sample once, and the gathered per-sample predictions
     (topk, label, loss, confidence, index) for reports and galleries."""
@@ -154,7 +178,7 @@ def evaluate(
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
     for batch in runtime.progress(loader, desc, accelerator):
         with accelerator.autocast():  # also for models not prepared by accelerate (the EMA copy)
-            logits = model(batch["pixel_values"]).float()
+            logits = model(nhwc(batch["pixel_values"], channels_last)).float()
         loss = F.cross_entropy(logits, batch["label"], reduction="none")
         confidence = logits.softmax(dim=1).max(dim=1).values
         top = logits.topk(k, dim=1).indices
@@ -206,7 +230,7 @@ class Run:
                 items,
                 self.class_names,
                 train_transform(self.pre, cfg.data)
-                if split == "train"
+                if split == "train" and cfg.data.augment
                 else eval_transform(self.pre),
             )
             for split, items in self.index.splits.items()
@@ -227,6 +251,11 @@ class Run:
         self.tracker = Tracker(self.accelerator, self.run_dir, cfg, resume_step=resume_step)
         self.progress = Progress(metric=cfg.train.select_metric)
         self.stop = StopFlag()
+        self.channels_last = (
+            cfg.train.channels_last
+            if cfg.train.channels_last is not None
+            else accelerator.device.type == "cuda"
+        )
         if self.accelerator.is_main_process:
             data.write_splits_csv(self.index, self.run_dir / "splits.csv")
             bad = getattr(self.index, "bad_files", None)
@@ -327,6 +356,8 @@ class Run:
             restore = None
         if restore and restore.payload.optimizer is not None:
             optimizer.load_state_dict(restore.payload.optimizer)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         train_loader, val_loader = self.loaders()
         model, optimizer = a.prepare(model, optimizer)
         if val_loader is not None:
@@ -342,6 +373,11 @@ class Run:
             f"{models.count_trainable(a.unwrap_model(model)):,} trainable parameters"
             + (f"; resuming at epoch {at.phase_epoch + 1}, batch {at.batch}" if restore else "")
         )
+        cache, why = features.wanted(cfg, phase, a.unwrap_model(model).backbone)
+        if why:
+            self.print(f"  {why}")
+        if cache:
+            train_loader, val_loader = self._feature_loaders(model, train_loader.batch_sampler)
         if not restore:
             self.progress.stale_epochs = 0
         for phase_epoch in range(at.phase_epoch, phase.epochs):
@@ -351,6 +387,34 @@ class Run:
             if self._epoch(model, optimizer, scheduler, train_loader, val_loader, phase, here):
                 break
         return model
+
+    def _feature_loaders(self, model, sampler: EpochBatchSampler):
+        """Backbone features of the train and val images, computed once (eval view, every
+        process computes its shard and receives all); loaders that serve them."""
+        a = self.accelerator
+        backbone = a.unwrap_model(model).backbone
+        start = time.perf_counter()
+        cached = {}
+        for split in ("train", "val"):
+            if split not in self.datasets:
+                continue
+            view = data.to_hf_dataset(
+                self.index.splits[split], self.class_names, eval_transform(self.pre)
+            )
+            loader = a.prepare(make_loader(view, self.eval_batch_size, workers=self.workers))
+            cached[split] = features.extract(
+                _Channels(backbone, self.channels_last), loader, a, len(view), f"features {split}"
+            )
+        train = features.FeatureLoader(*cached["train"], sampler)
+        val = None
+        if "val" in cached:
+            val = a.prepare(DataLoader(features.FeatureSet(*cached["val"]), self.eval_batch_size))
+        n = sum(len(labels) for _, labels in cached.values())
+        self.print(
+            f"features of {n} images computed once in {time.perf_counter() - start:.1f}s; "
+            f"the head trains on them (train.feature_cache)"
+        )
+        return train, val
 
     def _phase_over(self, phase: PhaseConfig, phase_epoch: int) -> bool:
         patience = self.cfg.train.early_stopping_patience
@@ -405,7 +469,7 @@ class Run:
         bar = runtime.progress(batches, desc, a, total=n, initial=at.batch)
         for i, batch in enumerate(bar, start=at.batch):
             batch = to_device(batch, a.device)
-            images, labels = batch["pixel_values"], batch["label"]
+            images, labels = nhwc(batch["pixel_values"], self.channels_last), batch["label"]
             targets = labels
             if self.mixer is not None:
                 images, targets = self.mixer(images, labels)  # soft targets (B, C)
@@ -467,11 +531,12 @@ class Run:
         seconds = time.perf_counter() - start
         p.epoch += 1
         n_classes = len(self.class_names)
-        val = evaluate(model, val_loader, a, n_classes, "val")[0] if val_loader is not None else {}
+        cl = self.channels_last
+        val = evaluate(model, val_loader, a, n_classes, "val", cl)[0] if val_loader else {}
         ema_val = {}
         if self.ema is not None and val:
             self.ema.sync(a)  # rank 0's copy everywhere: the one _select would save
-            ema_val = evaluate(self.ema.module, val_loader, a, n_classes, "val ema")[0]
+            ema_val = evaluate(self.ema.module, val_loader, a, n_classes, "val ema", cl)[0]
         values = {
             "train_loss": train["loss"],
             "train_accuracy": train["accuracy"],
@@ -589,7 +654,9 @@ class Run:
         best = load_safetensors(self.run_dir / "model" / "model.safetensors")
         a.unwrap_model(self.wrapped).load_state_dict(best)
         loader = make_loader(self.datasets[split], self.eval_batch_size, workers=self.workers)
-        result, preds = evaluate(self.wrapped, a.prepare(loader), a, len(self.class_names), split)
+        result, preds = evaluate(
+            self.wrapped, a.prepare(loader), a, len(self.class_names), split, self.channels_last
+        )
         if split == "test":
             p = self.progress
             self.tracker.log(
@@ -735,3 +802,14 @@ def _name_rank(accelerator, error: Exception, cfg: RunConfig) -> None:
         )
     else:
         print(f"error on {where}: {type(error).__name__}: {text}", file=sys.stderr)
+
+
+class _Channels(torch.nn.Module):
+    """A module fed channels-last images when asked."""
+
+    def __init__(self, module: torch.nn.Module, channels_last: bool):
+        super().__init__()
+        self.module, self.channels_last = module, channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(nhwc(x, self.channels_last))

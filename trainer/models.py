@@ -32,6 +32,8 @@ class Classifier(nn.Module):
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # backbone features already (frozen phases train the head on cached ones)
+            return self.head(x)
         return self.head(self.backbone(x))
 
 
