@@ -15,6 +15,7 @@ import datetime
 import hashlib
 import json
 import math
+import os
 import socket
 import sys
 import time
@@ -37,6 +38,7 @@ from torch.utils.data import DataLoader
 from trainer import (
     checkpoint,
     data,
+    fastdata,
     features,
     losses,
     metrics,
@@ -46,7 +48,7 @@ from trainer import (
     report,
     runtime,
 )
-from trainer.config import PhaseConfig, RunConfig
+from trainer.config import ConfigError, PhaseConfig, RunConfig
 from trainer.ema import ModelEMA
 from trainer.preemption import EXIT_PREEMPTED, Preempted, StopFlag, ignore_in_workers, requeue
 from trainer.resume import Position, Resume, prepare_run_dir
@@ -117,11 +119,15 @@ def make_loader(ds, batch_size: int, *, workers: int) -> DataLoader:
     )
 
 
-def make_train_loader(ds, sampler: EpochBatchSampler, *, workers: int, seed: int) -> DataLoader:
-    """The training loader: batches from `sampler`, augmentation seeded per (epoch, row)."""
+def make_train_loader(
+    ds, sampler: EpochBatchSampler, *, workers: int, seed: int, seeded: bool = True
+) -> DataLoader:
+    """The training loader: batches from `sampler`, augmentation seeded per (epoch, row)
+    (`seeded=False`: `ds` draws its own, e.g. the pixel cache's batched view)."""
     return DataLoader(
-        SeededView(ds, seed),
+        SeededView(ds, seed) if seeded else ds,
         batch_sampler=sampler,
+        collate_fn=None if seeded else fastdata.as_batch,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
@@ -169,6 +175,7 @@ def evaluate(
     num_classes: int,
     desc: str = "eval",
     channels_last: bool = False,
+    transform=None,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Metrics over `loader`, each sample once, and the gathered per-sample predictions
     (topk, label, loss, confidence, index) for reports and galleries."""
@@ -177,6 +184,8 @@ def evaluate(
     keys = ("topk", "label", "loss", "confidence", "index")
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
     for batch in runtime.progress(loader, desc, accelerator):
+        if transform is not None:  # uint8 cache batches -> normalized images (on the device)
+            batch = transform(batch)
         with accelerator.autocast():  # also for models not prepared by accelerate (the EMA copy)
             logits = model(nhwc(batch["pixel_values"], channels_last)).float()
         loss = F.cross_entropy(logits, batch["label"], reduction="none")
@@ -238,6 +247,7 @@ class Run:
         self.workers = runtime.auto_num_workers(
             cfg.data.num_workers, runtime.local_world_size(accelerator)
         )
+        self.caches, self.device_transform = self._pixel_caches()
         self.class_counts = self.index.class_counts("train")
         weights = (
             losses.balanced_class_weights(self.class_counts)
@@ -264,6 +274,35 @@ class Run:
         self._describe()
         if self.resume:
             self._restore_progress(self.resume)
+
+    def _pixel_caches(self) -> tuple[dict | None, fastdata.DeviceTransform | None]:
+        """The uint8 cache of every split when the cached pipeline is chosen (data.pipeline)."""
+        a, cfg = self.accelerator, self.cfg
+        n = sum(self.index.counts().values())
+        try:
+            use, why = fastdata.choose(cfg.data, n, self.pre.resize_size)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.print(f"input: {why}")
+        if not use:
+            return None, None
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        caches = {}
+        with a.main_process_first():  # the main process decodes; the others find it complete
+            for split, items in self.index.splits.items():
+                paths = [path for path, _ in items]
+                say = self.print if a.is_main_process else (lambda *_: None)
+                caches[split] = fastdata.build(paths, self.pre, cfg.data, cpus or 1, say=say)
+        return caches, fastdata.DeviceTransform(self.pre, a.device)
+
+    def _labels(self, split: str) -> list[int]:
+        return [label for _, label in self.index.splits[split]]
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        if self.caches is None:
+            return make_loader(self.datasets[split], self.eval_batch_size, workers=self.workers)
+        view = fastdata.CachedEvalView(self.caches[split], self._labels(split), self.pre.image_size)
+        return make_loader(view, self.eval_batch_size, workers=min(self.workers, 4))
 
     def _describe(self) -> None:
         a, cfg = self.accelerator, self.cfg
@@ -296,12 +335,18 @@ class Run:
             drop_last=True,
             weights=weights,
         )
-        train = make_train_loader(
-            self.datasets["train"], sampler, workers=self.workers, seed=cfg.seed
-        )
-        val = None
-        if "val" in self.datasets:
-            val = make_loader(self.datasets["val"], self.eval_batch_size, workers=self.workers)
+        if self.caches is None:
+            train = make_train_loader(
+                self.datasets["train"], sampler, workers=self.workers, seed=cfg.seed
+            )
+        else:
+            view = fastdata.CachedTrainView(
+                self.caches["train"], self._labels("train"), self.cfg.data, cfg.seed
+            )
+            train = make_train_loader(
+                view, sampler, workers=min(self.workers, 4), seed=cfg.seed, seeded=False
+            )
+        val = self._eval_loader("val") if "val" in self.datasets else None
         return train, val
 
     @property
@@ -469,6 +514,8 @@ class Run:
         bar = runtime.progress(batches, desc, a, total=n, initial=at.batch)
         for i, batch in enumerate(bar, start=at.batch):
             batch = to_device(batch, a.device)
+            if self.device_transform is not None:
+                batch = self.device_transform(batch)
             images, labels = nhwc(batch["pixel_values"], self.channels_last), batch["label"]
             targets = labels
             if self.mixer is not None:
@@ -532,11 +579,12 @@ class Run:
         p.epoch += 1
         n_classes = len(self.class_names)
         cl = self.channels_last
-        val = evaluate(model, val_loader, a, n_classes, "val", cl)[0] if val_loader else {}
+        dt = self.device_transform
+        val = evaluate(model, val_loader, a, n_classes, "val", cl, dt)[0] if val_loader else {}
         ema_val = {}
         if self.ema is not None and val:
             self.ema.sync(a)  # rank 0's copy everywhere: the one _select would save
-            ema_val = evaluate(self.ema.module, val_loader, a, n_classes, "val ema", cl)[0]
+            ema_val = evaluate(self.ema.module, val_loader, a, n_classes, "val ema", cl, dt)[0]
         values = {
             "train_loss": train["loss"],
             "train_accuracy": train["accuracy"],
@@ -653,10 +701,10 @@ class Run:
         a = self.accelerator
         best = load_safetensors(self.run_dir / "model" / "model.safetensors")
         a.unwrap_model(self.wrapped).load_state_dict(best)
-        loader = make_loader(self.datasets[split], self.eval_batch_size, workers=self.workers)
-        result, preds = evaluate(
-            self.wrapped, a.prepare(loader), a, len(self.class_names), split, self.channels_last
-        )
+        loader = a.prepare(self._eval_loader(split))
+        n = len(self.class_names)
+        cl, dt = self.channels_last, self.device_transform
+        result, preds = evaluate(self.wrapped, loader, a, n, split, cl, dt)
         if split == "test":
             p = self.progress
             self.tracker.log(

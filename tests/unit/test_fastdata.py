@@ -1,0 +1,118 @@
+"""The cached pipeline: the same eval pixels as the PIL path, a cache keyed by what it depends
+on, and per-image crop/flip draws that depend only on (seed, epoch, row)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trainer import fastdata
+from trainer.config import DataConfig
+from trainer.transforms import Preprocessing, eval_transform, load_rgb
+
+PRE = Preprocessing(32, 37, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> list[str]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (w, h) in enumerate([(50, 37), (37, 50), (64, 64), (81, 40), (45, 120), (37, 37)]):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def _cfg(tmp_path: Path, **kw) -> DataConfig:
+    return DataConfig(cache_dir=str(tmp_path / "cache"), **kw)
+
+
+def test_eval_view_from_the_cache_equals_the_pil_eval_transform(images, tmp_path):
+    cache = fastdata.build(images, PRE, _cfg(tmp_path), workers=2)
+    view = fastdata.CachedEvalView(cache, [0] * len(images), PRE.image_size)
+    to_float = fastdata.DeviceTransform(PRE, torch.device("cpu"))
+    for row, path in enumerate(images):
+        sample = view[row]
+        got = to_float({"pixels": sample["pixels"][None]})["pixel_values"][0]
+        want = eval_transform(PRE)(load_rgb(path))
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_the_cache_is_reused_and_rebuilt_when_data_or_resolution_change(images, tmp_path):
+    said: list[str] = []
+    first = fastdata.build(images, PRE, _cfg(tmp_path), workers=1, say=said.append)
+    again = fastdata.build(images, PRE, _cfg(tmp_path), workers=1, say=said.append)
+    assert again.folder == first.folder and "reusing" in said[-1]
+    bigger = PRE.with_size(48)
+    assert fastdata.build(images, bigger, _cfg(tmp_path), workers=1).folder != first.folder
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(images[0])  # new content, size and mtime
+    os.utime(images[0], ns=(1, 1))
+    rebuilt = fastdata.build(images, PRE, _cfg(tmp_path), workers=1, say=said.append)
+    assert rebuilt.folder != first.folder and "decoded" in said[-1]
+    assert rebuilt.pixels[0, 10, 10].tolist() == [1, 2, 3]
+
+
+def test_parallel_and_serial_builds_store_the_same_pixels(images, tmp_path):
+    a = fastdata.build(images, PRE, _cfg(tmp_path / "a"), workers=1)
+    b = fastdata.build(images, PRE, _cfg(tmp_path / "b"), workers=3)
+    assert np.array_equal(np.asarray(a.pixels), np.asarray(b.pixels))
+
+
+def test_crop_boxes_follow_random_resized_crop_rules():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(500):
+        x1, y1, x2, y2 = fastdata.crop_box(g, 64, 0.25)
+        w, h = x2 - x1, y2 - y1
+        assert 0 <= x1 < x2 <= 64 and 0 <= y1 < y2 <= 64
+        if (w, h) != (64, 64):  # not the fallback
+            assert 0.25 * 64 * 64 * 0.9 <= w * h <= 64 * 64
+            assert 3 / 4 * 0.85 <= w / h <= 4 / 3 * 1.15
+
+
+def test_train_draws_depend_only_on_seed_epoch_and_row(images, tmp_path):
+    cfg = _cfg(tmp_path, hflip=True, vflip=True)
+    cache = fastdata.build(images, PRE, cfg, workers=1)
+    view = fastdata.CachedTrainView(cache, list(range(len(images))), cfg, seed=5)
+    a = view.__getitems__([(0, 1), (3, 1), (5, 1)])
+    b = view.__getitems__([(5, 1), (0, 1)])
+    assert torch.equal(a["boxes"][0], b["boxes"][1]) and torch.equal(a["boxes"][2], b["boxes"][0])
+    c = view.__getitems__([(0, 2)])
+    assert not torch.equal(a["boxes"][0], c["boxes"][0])
+    out = fastdata.DeviceTransform(PRE, torch.device("cpu"))(a)
+    assert out["pixel_values"].shape == (3, 3, 32, 32) and out["label"].tolist() == [0, 3, 5]
+    assert math.isfinite(out["pixel_values"].abs().max().item())
+
+
+def test_a_full_box_without_flip_is_the_resized_square(images, tmp_path):
+    cache = fastdata.build(images, PRE, _cfg(tmp_path), workers=1)
+    batch = {
+        "pixels": torch.from_numpy(np.array(cache.pixels[2:3])),
+        "boxes": torch.tensor([[0.0, 0.0, 37.0, 37.0]]),
+        "flips": torch.tensor([[True, False]]),
+    }
+    out = fastdata.DeviceTransform(PRE, torch.device("cpu"))(batch)["pixel_values"][0]
+    square = torch.from_numpy(np.array(cache.pixels[2])).permute(2, 0, 1).float()
+    expect = torch.nn.functional.interpolate(
+        square[None], size=32, mode="bilinear", antialias=True
+    )[0]
+    mean = torch.tensor(PRE.mean).view(3, 1, 1) * 255
+    std = torch.tensor(PRE.std).view(3, 1, 1) * 255
+    # roi_align's 2x2 sampling is close to, not the same as, an antialiased resize
+    assert (out - ((expect.flip(2) - mean) / std)).abs().mean() < 0.1
+
+
+def test_auto_chooses_pil_for_policies_and_cached_otherwise(tmp_path):
+    assert fastdata.choose(_cfg(tmp_path), 10, 37)[0]
+    use, why = fastdata.choose(_cfg(tmp_path, auto_augment="trivial"), 10, 37)
+    assert not use and "auto_augment" in why
+    assert fastdata.choose(_cfg(tmp_path, auto_augment="trivial", augment=False), 10, 37)[0]
+    assert not fastdata.choose(_cfg(tmp_path, pipeline="pil"), 10, 37)[0]
+    with pytest.raises(ValueError, match="random_erasing"):
+        fastdata.choose(_cfg(tmp_path, pipeline="cached", random_erasing=0.2), 10, 37)

@@ -1,0 +1,254 @@
+"""The cached pipeline (data.pipeline=cached): decode every image once, augment batches on the device.
+
+Decoding a JPEG costs far more than a training step's share of a GPU, so each image is decoded
+once into a uint8 cache at cache resolution S (the eval resize, e.g. 256 for a 224 crop):
+  CACHE/<key>/pixels.u8   N x S x S x 3 bytes, memory-mapped; CACHE/<key>/meta.json written last
+The key is a hash of every file's path, size and mtime, S and the resampling, so a second run
+reuses the cache and any change to the data or the resolution builds a new one.
+
+Each image is resized so its shorter side is S (the same call the eval transform makes) and cut
+to an S x S square placed so that the eval view (a center crop of image_size) has exactly the
+pixels of the PIL eval path. Training crops (RandomResizedCrop's rule, inside that square) and
+flips are drawn per image from (seed, epoch, row), like the PIL path's augmentation, so resumed
+runs stay exact; they are applied to whole batches on the device with roi_align.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.ops import roi_align
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from trainer.config import DataConfig
+from trainer.sampling import sample_seed
+from trainer.transforms import Preprocessing, load_rgb
+
+FORMAT = 1  # bump when the cache layout or the resize changes
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    base = os.environ.get("TRAINER_CACHE_DIR") or Path.home() / ".cache" / "trainer"
+    return Path(base) / "pixels"
+
+
+def choose(cfg: DataConfig, n_images: int, size: int) -> tuple[bool, str]:
+    """Whether to use the cached pipeline, and a sentence saying why (for the log)."""
+    if cfg.pipeline == "pil":
+        return False, "data.pipeline=pil"
+    needs_pil = []
+    if cfg.augment and cfg.auto_augment != "none":
+        needs_pil.append(f"data.auto_augment={cfg.auto_augment}")
+    if cfg.augment and cfg.random_erasing:
+        needs_pil.append("data.random_erasing")
+    if needs_pil:
+        why = f"{', '.join(needs_pil)} runs on PIL images"
+        if cfg.pipeline == "cached":
+            raise ValueError(f"data.pipeline=cached: {why}; use data.pipeline=pil or auto")
+        return False, f"PIL pipeline: {why}"
+    root = cache_root(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    need = n_images * size * size * 3
+    free = shutil.disk_usage(root).free
+    if need > 0.9 * free:
+        why = f"the cache needs {need / 1e9:.1f} GB, {root} has {free / 1e9:.1f} GB free"
+        if cfg.pipeline == "cached":
+            raise ValueError(f"data.pipeline=cached: {why}; set data.cache_dir")
+        return False, f"PIL pipeline: {why}"
+    return True, f"cached pipeline: images decoded once at {size}px, augmented in batches"
+
+
+def cache_key(paths: Sequence[str], size: int, interpolation: str) -> str:
+    h = hashlib.sha256(f"{FORMAT}|{size}|{interpolation}".encode())
+    for path in paths:
+        st = os.stat(path)
+        h.update(f"|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:32]
+
+
+def square_offsets(h: int, w: int, size: int, crop: int) -> tuple[int, int]:
+    """Top-left of the S x S square such that its center crop of `crop` equals the center crop
+    of `crop` from the whole h x w image (torchvision's rounding, applied twice)."""
+    inner = int(round((size - crop) / 2.0))
+    top = min(max(int(round((h - crop) / 2.0)) - inner, 0), h - size)
+    left = min(max(int(round((w - crop) / 2.0)) - inner, 0), w - size)
+    return top, left
+
+
+def decode(path: str, pre: Preprocessing, size: int) -> np.ndarray:
+    """One image as the S x S x 3 uint8 square the cache stores."""
+    img = TF.resize(load_rgb(path), size, interpolation=InterpolationMode(pre.interpolation))
+    w, h = img.size
+    top, left = square_offsets(h, w, size, pre.image_size)
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+@dataclass
+class PixelCache:
+    folder: Path
+    size: int
+    pixels: np.ndarray  # memory-mapped N x S x S x 3 uint8
+
+
+def _fill(args: tuple[str, Sequence[tuple[int, str]], int, int, Preprocessing]) -> int:
+    file, jobs, n, size, pre = args
+    pixels = np.memmap(file, dtype=np.uint8, mode="r+", shape=(n, size, size, 3))
+    for row, path in jobs:
+        pixels[row] = decode(path, pre, size)
+    pixels.flush()
+    return len(jobs)
+
+
+def build(
+    paths: Sequence[str], pre: Preprocessing, cfg: DataConfig, workers: int, say=print
+) -> PixelCache:
+    """The cache of these images, reused when it exists, else decoded in parallel (collective-
+    free: call it on the main process first, then on the others, which find it complete)."""
+    size = pre.resize_size
+    folder = cache_root(cfg) / cache_key(paths, size, pre.interpolation)
+    n = len(paths)
+    if not (folder / "meta.json").is_file():
+        start = time.perf_counter()
+        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        file = tmp / "pixels.u8"
+        np.memmap(file, dtype=np.uint8, mode="w+", shape=(n, size, size, 3)).flush()
+        chunk = max(1, min(256, math.ceil(n / max(1, workers) / 4)))
+        jobs = [
+            (str(file), list(enumerate(paths))[i : i + chunk], n, size, pre)
+            for i in range(0, n, chunk)
+        ]
+        if workers > 1 and n > chunk:
+            with mp.get_context("fork").Pool(workers) as pool:
+                for _ in pool.imap_unordered(_fill, jobs):
+                    pass
+        else:
+            for job in jobs:
+                _fill(job)
+        meta = {"images": n, "size": size, "bytes": n * size * size * 3, "format": FORMAT}
+        (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same cache first
+            shutil.rmtree(tmp, ignore_errors=True)
+        say(
+            f"pixel cache: {n} images decoded in {time.perf_counter() - start:.1f}s, "
+            f"{n * size * size * 3 / 1e6:.1f} MB at {folder}"
+        )
+    else:
+        say(f"pixel cache: reusing {folder} ({n} images at {size}px)")
+    pixels = np.memmap(folder / "pixels.u8", dtype=np.uint8, mode="r", shape=(n, size, size, 3))
+    return PixelCache(folder, size, pixels)
+
+
+def crop_box(g: torch.Generator, size: int, min_scale: float) -> tuple[float, float, float, float]:
+    """RandomResizedCrop's box (x1, y1, x2, y2) inside a size x size square (torchvision's rule:
+    area fraction in [min_scale, 1], aspect ratio in [3/4, 4/3], 10 tries, then the whole)."""
+    area = size * size
+    log_lo, log_hi = math.log(3 / 4), math.log(4 / 3)
+    for _ in range(10):
+        target = area * torch.empty(1).uniform_(min_scale, 1.0, generator=g).item()
+        ratio = math.exp(torch.empty(1).uniform_(log_lo, log_hi, generator=g).item())
+        w = int(round(math.sqrt(target * ratio)))
+        h = int(round(math.sqrt(target / ratio)))
+        if 0 < w <= size and 0 < h <= size:
+            top = int(torch.randint(0, size - h + 1, (1,), generator=g))
+            left = int(torch.randint(0, size - w + 1, (1,), generator=g))
+            return (left, top, left + w, top + h)
+    return (0, 0, size, size)
+
+
+class CachedTrainView(Dataset):
+    """Training batches from the cache: uint8 squares plus each image's crop box and flips,
+    drawn from (seed, epoch, row). Keys are (row, epoch), as from EpochBatchSampler."""
+
+    def __init__(self, cache: PixelCache, labels: Sequence[int], cfg: DataConfig, seed: int):
+        self.cache, self.labels, self.cfg, self.seed = cache, list(labels), cfg, seed
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _draw(self, row: int, epoch: int) -> tuple[tuple[float, ...], bool, bool]:
+        g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, row))
+        box = crop_box(g, self.cache.size, self.cfg.min_crop_scale)
+        hflip = self.cfg.hflip and bool(torch.rand(1, generator=g) < 0.5)
+        vflip = self.cfg.vflip and bool(torch.rand(1, generator=g) < 0.5)
+        return box, hflip, vflip
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> dict:
+        rows = [row for row, _ in keys]
+        draws = [self._draw(row, epoch) for row, epoch in keys]
+        return {
+            "pixels": torch.from_numpy(np.ascontiguousarray(self.cache.pixels[rows])),
+            "boxes": torch.tensor([d[0] for d in draws], dtype=torch.float32),
+            "flips": torch.tensor([[d[1], d[2]] for d in draws], dtype=torch.bool),
+            "label": torch.tensor([self.labels[r] for r in rows]),
+            "index": torch.tensor(rows),
+        }
+
+
+class CachedEvalView(Dataset):
+    """The eval view from the cache: the center crop of image_size, as uint8 HWC."""
+
+    def __init__(self, cache: PixelCache, labels: Sequence[int], crop: int):
+        self.cache, self.labels = cache, list(labels)
+        self.top = int(round((cache.size - crop) / 2.0))
+        self.crop = crop
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, row: int) -> dict:
+        t, c = self.top, self.crop
+        square = self.cache.pixels[row, t : t + c, t : t + c]
+        return {
+            "pixels": torch.from_numpy(np.array(square)),
+            "label": self.labels[row],
+            "index": row,
+        }
+
+
+def as_batch(batch: dict) -> dict:
+    """collate_fn for CachedTrainView: __getitems__ already made the batch."""
+    return batch
+
+
+class DeviceTransform:
+    """uint8 batches on the device -> normalized float images: crop + resize + flip for training
+    (roi_align, bilinear), just normalization for the eval view."""
+
+    def __init__(self, pre: Preprocessing, device: torch.device):
+        self.size = pre.image_size
+        self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255
+
+    def __call__(self, batch: dict) -> dict:
+        if "pixels" not in batch:
+            return batch
+        x = batch.pop("pixels").permute(0, 3, 1, 2).float()  # B x 3 x H x W, 0..255
+        if "boxes" in batch:
+            boxes = batch.pop("boxes")
+            index = torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)
+            rois = torch.cat([index[:, None], boxes], dim=1)
+            x = roi_align(x, rois, (self.size, self.size), 1.0, sampling_ratio=2, aligned=True)
+            flips = batch.pop("flips")
+            x = torch.where(flips[:, 0].view(-1, 1, 1, 1), x.flip(3), x)
+            x = torch.where(flips[:, 1].view(-1, 1, 1, 1), x.flip(2), x)
+        batch["pixel_values"] = (x - self.mean) / self.std
+        return batch
