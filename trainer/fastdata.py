@@ -178,8 +178,11 @@ class CachedTrainView(Dataset):
     """Training batches from the cache: uint8 squares plus each image's crop box and flips,
     drawn from (seed, epoch, row). Keys are (row, epoch), as from EpochBatchSampler."""
 
-    def __init__(self, cache: PixelCache, labels: Sequence[int], cfg: DataConfig, seed: int):
+    def __init__(
+        self, cache: PixelCache, labels: Sequence[int], cfg: DataConfig, seed: int, crop: int
+    ):
         self.cache, self.labels, self.cfg, self.seed = cache, list(labels), cfg, seed
+        self.crop = crop  # the eval view's side, for data.augment=false
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -193,6 +196,13 @@ class CachedTrainView(Dataset):
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> dict:
         rows = [row for row, _ in keys]
+        if not self.cfg.augment:  # data.augment=false: the eval view, nothing drawn
+            crop = CachedEvalView(self.cache, self.labels, self.crop)
+            return {
+                "pixels": torch.stack([crop[r]["pixels"] for r in rows]),
+                "label": torch.tensor([self.labels[r] for r in rows]),
+                "index": torch.tensor(rows),
+            }
         draws = [self._draw(row, epoch) for row, epoch in keys]
         return {
             "pixels": torch.from_numpy(np.ascontiguousarray(self.cache.pixels[rows])),

@@ -341,7 +341,11 @@ class Run:
             )
         else:
             view = fastdata.CachedTrainView(
-                self.caches["train"], self._labels("train"), self.cfg.data, cfg.seed
+                self.caches["train"],
+                self._labels("train"),
+                self.cfg.data,
+                cfg.seed,
+                self.pre.image_size,
             )
             train = make_train_loader(
                 view, sampler, workers=min(self.workers, 4), seed=cfg.seed, seeded=False

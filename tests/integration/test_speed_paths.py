@@ -1,0 +1,93 @@
+"""The fast paths train like the reference paths: the cached pipeline reaches the PIL
+pipeline's accuracy, cached features give the head the slow path gives, and both resume exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import assert_ok, make_pre_split, train_smoke
+from tests.integration.test_resume import (
+    assert_same_run,
+    finish,
+    logged_steps,
+    start,
+    train,
+    wait_until,
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("speed") / "images"
+    return make_pre_split(root, ["a", "b", "c"], {"train": 16, "val": 4, "test": 4})
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_cached_pipeline_learns_as_well_as_pil_and_says_what_it_chose(data, tmp_path):
+    results = {}
+    for pipeline in ("pil", "cached"):
+        run = tmp_path / pipeline
+        out = train_smoke(
+            data, run, f"data.pipeline={pipeline}", "train.epochs=4", "train.batch_size=8"
+        )
+        assert_ok(out)
+        results[pipeline] = summary(run)["test_accuracy"]
+        said = "cached pipeline" if pipeline == "cached" else "data.pipeline=pil"
+        assert said in out.stdout
+    assert results["cached"] >= 0.9 and results["pil"] >= 0.9, results
+    second = train_smoke(data, tmp_path / "again", "data.pipeline=cached", "train.epochs=1")
+    assert_ok(second)
+    assert second.stdout.count("pixel cache: reusing") == 3  # train, val, test
+
+
+TWO_PHASE = (
+    "train.epochs=null",
+    "data.augment=false",
+    "train.phases=[{name: head, epochs: 3, freeze: backbone, optim: {optimizer: adam, lr: 0.01}}]",
+)
+
+
+def test_cached_features_give_the_head_the_slow_path_gives(data, tmp_path):
+    heads = {}
+    for cache in ("true", "false"):
+        run = tmp_path / cache
+        out = train_smoke(
+            data, run, *TWO_PHASE, f"train.feature_cache={cache}", "train.batch_size=8"
+        )
+        assert_ok(out)
+        assert ("computed once" in out.stdout) == (cache == "true")
+        heads[cache] = load_file(run / "model" / "model.safetensors")
+    for key, tensor in heads["true"].items():
+        torch.testing.assert_close(tensor, heads["false"][key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_auto_caches_features_only_when_nothing_random_feeds_the_head(data, tmp_path):
+    out = train_smoke(data, tmp_path / "aug", *TWO_PHASE[:1], TWO_PHASE[2], "data.augment=true")
+    assert_ok(out)
+    assert "features not cached (data.augment=true" in out.stdout
+    out = train_smoke(data, tmp_path / "plain", *TWO_PHASE)
+    assert_ok(out)
+    assert "computed once" in out.stdout
+
+
+def test_cached_pipeline_run_stopped_mid_epoch_resumes_exactly(data, tmp_path):
+    extra = ("data.auto_augment=none", "data.pipeline=cached", "data.num_workers=1")
+    reference = tmp_path / "reference"
+    assert_ok(train(data, reference, 1, *extra))
+    run = tmp_path / "run"
+    proc = start(data, run, 1, *extra)
+    wait_until(proc, lambda: logged_steps(run) >= 4, "step 4")
+    os.kill(proc.pid, signal.SIGUSR1)
+    assert finish(proc, run).returncode == 75
+    assert_ok(train(data, run, 1, *extra))
+    assert_same_run(run, reference)
