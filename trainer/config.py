@@ -52,9 +52,10 @@ class DataConfig:
     """shuffle: each image once per epoch; balanced: draw classes equally often (imbalanced data)."""
     augment: bool = True
     """false: train on the eval view (resize + center crop) with no random crop, flip or policy."""
-    pipeline: Literal["auto", "pil", "cached"] = "auto"
+    pipeline: Literal["auto", "pil", "cached", "decode"] = "auto"
     """pil: decode and augment every image every epoch in loader workers; cached: decode once to a
-    uint8 cache, crop/flip/normalize batched on the device; auto: cached where it can be used."""
+    uint8 cache, crop/flip/normalize batched on the device; decode: JPEGs decoded in batches on
+    the device every epoch (too big to cache); auto: cached, else decode, else pil."""
     cache_dir: str | None = None
     """Where the uint8 pixel cache lives; null: $TRAINER_CACHE_DIR or ~/.cache/trainer, /pixels."""
     on_bad_file: Literal["skip", "error"] = "skip"

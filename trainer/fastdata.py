@@ -1,4 +1,5 @@
-"""The cached pipeline (data.pipeline=cached): decode every image once, augment batches on the device.
+"""The fast pipelines: decode every image once (cached) or on the device (decode); augment batches
+on the device.
 
 Decoding a JPEG costs far more than a training step's share of a GPU, so each image is decoded
 once into a uint8 cache at cache resolution S (the eval resize, e.g. 256 for a 224 crop):
@@ -11,6 +12,11 @@ to an S x S square placed so that the eval view (a center crop of image_size) ha
 pixels of the PIL eval path. Training crops (RandomResizedCrop's rule, inside that square) and
 flips are drawn per image from (seed, epoch, row), like the PIL path's augmentation, so resumed
 runs stay exact; they are applied to whole batches on the device with roi_align.
+
+For data sets too big to cache (data.pipeline=decode), loader workers only read the files'
+bytes and each batch of JPEGs is decoded on the device (torchvision.io.decode_jpeg: nvJPEG on
+a GPU), resized and squared there the same way; other formats are decoded by Pillow in the
+workers.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import roi_align
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
@@ -47,10 +54,10 @@ def cache_root(cfg: DataConfig) -> Path:
     return Path(base) / "pixels"
 
 
-def choose(cfg: DataConfig, n_images: int, size: int) -> tuple[bool, str]:
-    """Whether to use the cached pipeline, and a sentence saying why (for the log)."""
+def choose(cfg: DataConfig, n_images: int, size: int) -> tuple[str, str]:
+    """pil, cached or decode, and a sentence saying why (for the log)."""
     if cfg.pipeline == "pil":
-        return False, "data.pipeline=pil"
+        return "pil", "data.pipeline=pil"
     needs_pil = []
     if cfg.augment and cfg.auto_augment != "none":
         needs_pil.append(f"data.auto_augment={cfg.auto_augment}")
@@ -60,7 +67,9 @@ def choose(cfg: DataConfig, n_images: int, size: int) -> tuple[bool, str]:
         why = f"{', '.join(needs_pil)} runs on PIL images"
         if cfg.pipeline == "cached":
             raise ValueError(f"data.pipeline=cached: {why}; use data.pipeline=pil or auto")
-        return False, f"PIL pipeline: {why}"
+        return "pil", f"PIL pipeline: {why}"
+    if cfg.pipeline == "decode":
+        return "decode", "decode pipeline: JPEG batches decoded on the device, augmented in batches"
     root = cache_root(cfg)
     root.mkdir(parents=True, exist_ok=True)
     need = n_images * size * size * 3
@@ -69,8 +78,8 @@ def choose(cfg: DataConfig, n_images: int, size: int) -> tuple[bool, str]:
         why = f"the cache needs {need / 1e9:.1f} GB, {root} has {free / 1e9:.1f} GB free"
         if cfg.pipeline == "cached":
             raise ValueError(f"data.pipeline=cached: {why}; set data.cache_dir")
-        return False, f"PIL pipeline: {why}"
-    return True, f"cached pipeline: images decoded once at {size}px, augmented in batches"
+        return "decode", f"decode pipeline: {why}; JPEGs are decoded on the device every epoch"
+    return "cached", f"cached pipeline: images decoded once at {size}px, augmented in batches"
 
 
 def cache_key(paths: Sequence[str], size: int, interpolation: str) -> str:
@@ -95,7 +104,7 @@ def decode(path: str, pre: Preprocessing, size: int) -> np.ndarray:
     img = TF.resize(load_rgb(path), size, interpolation=InterpolationMode(pre.interpolation))
     w, h = img.size
     top, left = square_offsets(h, w, size, pre.image_size)
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return np.array(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 @dataclass
@@ -176,10 +185,16 @@ def crop_box(g: torch.Generator, size: int, min_scale: float) -> tuple[float, fl
 
 class CachedTrainView(Dataset):
     """Training batches from the cache: uint8 squares plus each image's crop box and flips,
-    drawn from (seed, epoch, row). Keys are (row, epoch), as from EpochBatchSampler."""
+    drawn from (seed, epoch, row). Keys are (row, epoch), as from EpochBatchSampler.
+    A `files` source instead of a cache gives encoded images (data.pipeline=decode)."""
 
     def __init__(
-        self, cache: PixelCache, labels: Sequence[int], cfg: DataConfig, seed: int, crop: int
+        self,
+        cache: PixelCache | EncodedFiles,
+        labels: Sequence[int],
+        cfg: DataConfig,
+        seed: int,
+        crop: int,
     ):
         self.cache, self.labels, self.cfg, self.seed = cache, list(labels), cfg, seed
         self.crop = crop  # the eval view's side, for data.augment=false
@@ -196,6 +211,17 @@ class CachedTrainView(Dataset):
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> dict:
         rows = [row for row, _ in keys]
+        if isinstance(self.cache, EncodedFiles):
+            batch = {
+                "encoded": [self.cache.read(r) for r in rows],
+                "label": torch.tensor([self.labels[r] for r in rows]),
+                "index": torch.tensor(rows),
+            }
+            if self.cfg.augment:
+                draws = [self._draw(row, epoch) for row, epoch in keys]
+                batch["boxes"] = torch.tensor([d[0] for d in draws], dtype=torch.float32)
+                batch["flips"] = torch.tensor([[d[1], d[2]] for d in draws], dtype=torch.bool)
+            return batch
         if not self.cfg.augment:  # data.augment=false: the eval view, nothing drawn
             crop = CachedEvalView(self.cache, self.labels, self.crop)
             return {
@@ -234,6 +260,78 @@ class CachedEvalView(Dataset):
         }
 
 
+class EncodedFiles:
+    """The decode pipeline's source: JPEG files as their bytes (decoded on the device later),
+    other formats decoded here by Pillow into the S x S square the cache would hold."""
+
+    def __init__(self, paths: Sequence[str], pre: Preprocessing):
+        self.paths, self.pre, self.size = list(paths), pre, pre.resize_size
+
+    def read(self, row: int) -> torch.Tensor:
+        path = self.paths[row]
+        with open(path, "rb") as f:
+            head = f.read()
+        if head[:3] == b"\xff\xd8\xff":  # JPEG
+            return torch.frombuffer(bytearray(head), dtype=torch.uint8)
+        return torch.from_numpy(decode(path, self.pre, self.size))  # S x S x 3
+
+
+class EncodedEvalView(Dataset):
+    """The decode pipeline's eval view: one encoded (or Pillow-decoded) image per row."""
+
+    def __init__(self, files: EncodedFiles, labels: Sequence[int]):
+        self.files, self.labels = files, list(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, row: int) -> dict:
+        return {"encoded": self.files.read(row), "label": self.labels[row], "index": row}
+
+
+def collate_encoded(samples: list[dict]) -> dict:
+    """Eval batches of encoded images: the bytes stay a list (their lengths differ)."""
+    return {
+        "encoded": [s["encoded"] for s in samples],
+        "label": torch.tensor([s["label"] for s in samples]),
+        "index": torch.tensor([s["index"] for s in samples]),
+    }
+
+
+def decode_squares(encoded: list[torch.Tensor], pre: Preprocessing, device) -> torch.Tensor:
+    """Encoded JPEGs (1-D uint8) and ready squares (S x S x 3) -> B x S x S x 3 uint8 on `device`:
+    decoded there, resized so the shorter side is S (antialiased) and squared like the cache."""
+    size = pre.resize_size
+    jpegs = [i for i, e in enumerate(encoded) if e.dim() == 1]
+    out: list[torch.Tensor | None] = [e.to(device) if e.dim() == 3 else None for e in encoded]
+    if jpegs:
+        try:
+            images = decode_jpeg(
+                [encoded[i].cpu() for i in jpegs],  # nvJPEG reads from host memory
+                mode=ImageReadMode.RGB,
+                device=device,
+                apply_exif_orientation=True,
+            )
+        except RuntimeError:  # e.g. CMYK on nvJPEG: decode those on the CPU one by one
+            images = [
+                decode_jpeg(
+                    encoded[i].cpu(), mode=ImageReadMode.RGB, apply_exif_orientation=True
+                ).to(device)
+                for i in jpegs
+            ]
+        for i, img in zip(jpegs, images):
+            h, w = img.shape[1:]
+            scale = size / min(h, w)
+            nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+            img = torch.nn.functional.interpolate(
+                img[None].float(), size=(nh, nw), mode=pre.interpolation, antialias=True
+            )[0]
+            top, left = square_offsets(nh, nw, size, pre.image_size)
+            square = img[:, top : top + size, left : left + size].round().clamp(0, 255)
+            out[i] = square.to(torch.uint8).permute(1, 2, 0)
+    return torch.stack(out)
+
+
 def as_batch(batch: dict) -> dict:
     """collate_fn for CachedTrainView: __getitems__ already made the batch."""
     return batch
@@ -244,11 +342,18 @@ class DeviceTransform:
     (roi_align, bilinear), just normalization for the eval view."""
 
     def __init__(self, pre: Preprocessing, device: torch.device):
+        self.pre, self.device = pre, device
         self.size = pre.image_size
         self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255
 
     def __call__(self, batch: dict) -> dict:
+        if "encoded" in batch:  # decode pipeline: decode + square here, then as from the cache
+            squares = decode_squares(batch.pop("encoded"), self.pre, self.device)
+            if "boxes" not in batch:  # eval view (or data.augment=false): the center crop
+                t = int(round((self.pre.resize_size - self.size) / 2.0))
+                squares = squares[:, t : t + self.size, t : t + self.size]
+            batch["pixels"] = squares
         if "pixels" not in batch:
             return batch
         x = batch.pop("pixels").permute(0, 3, 1, 2).float()  # B x 3 x H x W, 0..255

@@ -108,11 +108,12 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     )
 
 
-def make_loader(ds, batch_size: int, *, workers: int) -> DataLoader:
+def make_loader(ds, batch_size: int, *, workers: int, collate=None) -> DataLoader:
     """An evaluation loader: every sample once, in order."""
     return DataLoader(
         ds,
         batch_size=batch_size,
+        collate_fn=collate,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
@@ -280,12 +281,18 @@ class Run:
         a, cfg = self.accelerator, self.cfg
         n = sum(self.index.counts().values())
         try:
-            use, why = fastdata.choose(cfg.data, n, self.pre.resize_size)
+            mode, why = fastdata.choose(cfg.data, n, self.pre.resize_size)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.print(f"input: {why}")
-        if not use:
+        if mode == "pil":
             return None, None
+        if mode == "decode":
+            sources = {
+                split: fastdata.EncodedFiles([path for path, _ in items], self.pre)
+                for split, items in self.index.splits.items()
+            }
+            return sources, fastdata.DeviceTransform(self.pre, a.device)
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         caches = {}
         with a.main_process_first():  # the main process decodes; the others find it complete
@@ -301,8 +308,16 @@ class Run:
     def _eval_loader(self, split: str) -> DataLoader:
         if self.caches is None:
             return make_loader(self.datasets[split], self.eval_batch_size, workers=self.workers)
-        view = fastdata.CachedEvalView(self.caches[split], self._labels(split), self.pre.image_size)
-        return make_loader(view, self.eval_batch_size, workers=min(self.workers, 4))
+        source = self.caches[split]
+        if isinstance(source, fastdata.EncodedFiles):
+            view = fastdata.EncodedEvalView(source, self._labels(split))
+            collate = fastdata.collate_encoded
+        else:
+            view = fastdata.CachedEvalView(source, self._labels(split), self.pre.image_size)
+            collate = None
+        return make_loader(
+            view, self.eval_batch_size, workers=min(self.workers, 4), collate=collate
+        )
 
     def _describe(self) -> None:
         a, cfg = self.accelerator, self.cfg

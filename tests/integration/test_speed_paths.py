@@ -91,3 +91,18 @@ def test_cached_pipeline_run_stopped_mid_epoch_resumes_exactly(data, tmp_path):
     assert finish(proc, run).returncode == 75
     assert_ok(train(data, run, 1, *extra))
     assert_same_run(run, reference)
+
+
+def test_decode_pipeline_trains_from_jpegs(data, tmp_path):
+    from PIL import Image
+
+    jpegs = tmp_path / "jpegs"
+    for png in data.rglob("*.png"):
+        target = jpegs / png.relative_to(data).with_suffix(".jpg")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(png).save(target, quality=95)
+    run = tmp_path / "run"
+    out = train_smoke(jpegs, run, "data.pipeline=decode", "train.epochs=4", "train.batch_size=8")
+    assert_ok(out)
+    assert "decode pipeline" in out.stdout
+    assert summary(run)["test_accuracy"] >= 0.9

@@ -109,10 +109,51 @@ def test_a_full_box_without_flip_is_the_resized_square(images, tmp_path):
 
 
 def test_auto_chooses_pil_for_policies_and_cached_otherwise(tmp_path):
-    assert fastdata.choose(_cfg(tmp_path), 10, 37)[0]
-    use, why = fastdata.choose(_cfg(tmp_path, auto_augment="trivial"), 10, 37)
-    assert not use and "auto_augment" in why
-    assert fastdata.choose(_cfg(tmp_path, auto_augment="trivial", augment=False), 10, 37)[0]
-    assert not fastdata.choose(_cfg(tmp_path, pipeline="pil"), 10, 37)[0]
+    assert fastdata.choose(_cfg(tmp_path), 10, 37)[0] == "cached"
+    mode, why = fastdata.choose(_cfg(tmp_path, auto_augment="trivial"), 10, 37)
+    assert mode == "pil" and "auto_augment" in why
+    assert (
+        fastdata.choose(_cfg(tmp_path, auto_augment="trivial", augment=False), 10, 37)[0]
+        == "cached"
+    )
+    assert fastdata.choose(_cfg(tmp_path, pipeline="pil"), 10, 37)[0] == "pil"
+    assert fastdata.choose(_cfg(tmp_path, pipeline="decode"), 10, 37)[0] == "decode"
+    mode, why = fastdata.choose(_cfg(tmp_path), 10**9, 256)  # 197 TB: no disk has room
+    assert mode == "decode" and "decoded on the device" in why
     with pytest.raises(ValueError, match="random_erasing"):
         fastdata.choose(_cfg(tmp_path, pipeline="cached", random_erasing=0.2), 10, 37)
+
+
+def test_decode_pipeline_eval_view_matches_the_pil_path_closely(tmp_path):
+    rng = np.random.default_rng(1)
+    paths = []
+    for i, (w, h) in enumerate([(60, 45), (45, 80), (64, 64)]):
+        smooth = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+        img = Image.fromarray(smooth).resize((w, h), Image.BILINEAR)  # photo-like, not noise
+        path = tmp_path / f"p{i}.jpg"
+        img.save(path, quality=95)
+        paths.append(str(path))
+    png = tmp_path / "p3.png"
+    Image.open(paths[0]).save(png)
+    paths.append(str(png))
+    files = fastdata.EncodedFiles(paths, PRE)
+    view = fastdata.EncodedEvalView(files, [0, 1, 2, 3])
+    batch = fastdata.collate_encoded([view[i] for i in range(4)])
+    got = fastdata.DeviceTransform(PRE, torch.device("cpu"))(batch)["pixel_values"]
+    want = torch.stack([eval_transform(PRE)(load_rgb(p)) for p in paths])
+    assert got.shape == want.shape == (4, 3, 32, 32)
+    # The same JPEG decoder; the resize is torch's antialiased bilinear instead of Pillow's.
+    assert (got - want).abs().mean() < 0.05
+    torch.testing.assert_close(got[3], want[3], atol=1e-5, rtol=0)  # PNG: decoded by Pillow
+
+
+def test_decode_pipeline_train_batches_carry_the_cached_pipelines_draws(images, tmp_path):
+    cfg = _cfg(tmp_path, hflip=True)
+    cache = fastdata.build(images, PRE, cfg, workers=1)
+    cached = fastdata.CachedTrainView(cache, [0] * 6, cfg, seed=3, crop=32)
+    files = fastdata.CachedTrainView(fastdata.EncodedFiles(images, PRE), [0] * 6, cfg, 3, 32)
+    keys = [(1, 0), (4, 0)]
+    a, b = cached.__getitems__(keys), files.__getitems__(keys)
+    assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["flips"], b["flips"])
+    out = fastdata.DeviceTransform(PRE, torch.device("cpu"))(b)
+    assert out["pixel_values"].shape == (2, 3, 32, 32)
