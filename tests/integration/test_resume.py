@@ -340,3 +340,20 @@ def test_a_two_phase_run_stopped_in_its_second_phase_resumes_exactly(data, tmp_p
     continued = resumed.stdout.split("resuming from")[-1]  # the log holds both attempts
     assert "phase 2/2 'finetune'" in continued and "phase 1/2" not in continued
     assert_same_run(run, tmp_path / "reference")
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(data, tmp_path):
+    run = tmp_path / "run"
+    wandb = ("tracking.wandb.mode=offline", "train.epochs=2")
+    env = {"WANDB_DIR": str(tmp_path / "wandb-home"), "WANDB_CACHE_DIR": str(tmp_path / "wc")}
+    proc = start(data, run, 1, *wandb, env=env)
+    wait_until(proc, lambda: logged_steps(run) >= 3, "step 3")
+    os.kill(proc.pid, signal.SIGUSR1)
+    assert finish(proc, run).returncode == 75
+    run_id = json.loads((run / "wandb_run.json").read_text())["id"]
+    resumed = train(data, run, 1, *wandb, env=env)
+    assert_ok(resumed)
+    folders = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2 and all(f.name.endswith(run_id) for f in folders)
+    assert json.loads((run / "wandb_run.json").read_text())["id"] == run_id
+    assert f"wandb sync {folders[0]} {folders[1]}" in resumed.stdout
