@@ -1,4 +1,4 @@
-"""`trainer` command line: train, eval, predict, scan, config, recipes, demo.
+"""`trainer` command line: train, eval, predict, scan, export, weights, config, recipes, demo, bench.
 
 Mistakes in what the user typed (config keys, paths, folders) end with exit code 2 and one line
 naming the bad value, never a traceback.

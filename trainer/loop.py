@@ -285,6 +285,7 @@ class Run:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.print(f"input: {why}")
+        self.pipeline = mode
         if mode == "pil":
             return None, None
         if mode == "decode":
@@ -781,6 +782,7 @@ class Run:
             "train_seconds": round(train_seconds, 3),
             "world_size": a.num_processes,
             "mixed_precision": a.mixed_precision,
+            "pipeline": self.pipeline,  # the input path data.pipeline chose: pil, cached, decode
             "weights_in_sync": len(set(self.checksums)) == 1,
             "model_dir": str(self.run_dir / "model"),
             "report": str(self.run_dir / "report.md"),
