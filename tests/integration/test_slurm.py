@@ -1,7 +1,8 @@
 """The Slurm scripts on a real one-node Slurm cluster (tests/slurm_cluster.py): a job trains to
 the end; a job signalled mid-run checkpoints, requeues itself, resumes and ends with exactly the
-weights of the uninterrupted job; without requeue it ends with exit code 75 and a second
-submission continues it. The multi-node script's per-node commands are rendered without Slurm.
+weights of the uninterrupted job; the multi-node script on one node (the signal through srun)
+with checkpoint.requeue=false ends with exit code 75 and a second submission continues it. The
+multi-node script's per-node commands for 2 nodes are rendered without Slurm.
 
 The jobs use the CPU profile (TRAINER_PROFILE=cpu: 2 gloo processes); skipped where no cluster
 can be started (not root, or the Debian packages slurmctld slurmd slurm-client munge missing)."""
@@ -117,14 +118,17 @@ def train_losses(run: Path) -> list[tuple[int, float]]:
 def assert_same_weights(run: Path, reference: Path) -> None:
     """Per-step losses, the final model and the last checkpoint's weights, bit for bit."""
     assert train_losses(run) == train_losses(reference)
-    last = lambda r: sorted((r / "checkpoints").glob("step-*[0-9]"))[-1]  # noqa: E731
-    assert last(run).name == last(reference).name
-    for rel in (Path("model"), None):
-        a = load_file((run / rel if rel else last(run)) / "model.safetensors")
-        b = load_file((reference / rel if rel else last(reference)) / "model.safetensors")
-        assert a.keys() == b.keys()
-        different = [k for k in b if not torch.equal(a[k], b[k])]
-        assert not different, f"{len(different)} of {len(b)} tensors differ, e.g. {different[:3]}"
+
+    def last_checkpoint(r: Path) -> Path:
+        return sorted((r / "checkpoints").glob("step-*[0-9]"))[-1]
+
+    assert last_checkpoint(run).name == last_checkpoint(reference).name
+    for folder in (lambda r: r / "model", last_checkpoint):
+        got = load_file(folder(run) / "model.safetensors")
+        want = load_file(folder(reference) / "model.safetensors")
+        assert got.keys() == want.keys()
+        different = [k for k in want if not torch.equal(got[k], want[k])]
+        assert not different, f"{folder(run)}: {len(different)} of {len(want)} tensors differ"
 
 
 def signal_mid_run(cluster: SlurmCluster, job_id: str, run: Path, at_step: int = 4) -> None:
@@ -174,7 +178,7 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_same_weights(
     job = wait_ended(slurm, job_id, run)
     assert_completed(job, run)
     # Requeued (not held: REQUEUE_HOLD would never end) and started again on the node.
-    assert int(job["Restarts"]) == 1, job
+    assert int(job["Restarts"]) == 1 and job["NodeList"] == slurm.node, job
     assert job_ends(slurm, job_id)[-1] == "COMPLETED" and len(job_ends(slurm, job_id)) == 2
     out = job_output(run)
     assert "got SIGUSR1, sending it to the ranks" in out
