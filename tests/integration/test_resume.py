@@ -178,7 +178,9 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted(data, reference, tmp_
     if processes == 1:
         assert stopped.returncode == 75
     else:
-        assert stopped.stdout.count("exitcode  : 75") == 2, stopped.stdout[-3000:]
+        # The first rank to exit 75 makes torch's launcher SIGTERM the other, which may still be
+        # tearing down after the (collective, complete) save.
+        assert "exitcode  : 75" in stopped.stdout, stopped.stdout[-3000:]
     state = json.loads(
         (sorted((run / "checkpoints").glob("step-*"))[-1] / "trainer_state.json").read_text()
     )
