@@ -850,8 +850,8 @@ def _stopped(r: Run, e: Preempted) -> None:
         f"stopped by {e.signal_name} at step {r.progress.step}: checkpoint {e.checkpoint}\n"
         f"the same command continues the run (checkpoint.resume=auto)"
     )
-    if r.cfg.checkpoint.requeue and r.accelerator.is_main_process:
-        requeue(say=r.print)
+    if r.cfg.checkpoint.requeue and r.stop.requeue_wanted and r.accelerator.is_main_process:
+        requeue(say=r.print)  # SIGUSR1 only: a SIGTERM (scancel) must stay a cancel
 
 
 def _name_rank(accelerator, error: Exception, cfg: RunConfig) -> None:

@@ -5,6 +5,10 @@ while the interrupted code holds a lock, or in the middle of a collective); inst
 process checks the flag after each optimizer update, the processes agree (one all-reduce: if
 any of them was signalled, all stop at the same step), save, and exit with EXIT_PREEMPTED.
 A second signal during the save only sets the flag again.
+
+Only SIGUSR1 requeues a Slurm job: it is the signal the sbatch scripts schedule before the time
+limit (--signal=B:USR1@300). SIGTERM (scancel, a node going down) saves and stops; requeueing
+then would turn `scancel JOBID` into a restart.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; a resumed run continues from the checkpoint
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+_CODE = {"SIGTERM": 1.0, "SIGUSR1": 2.0}  # agreed by MAX: SIGUSR1 on any rank wins
 
 
 class Preempted(Exception):
@@ -48,17 +53,23 @@ class StopFlag:
     def _handle(self, signum: int, frame) -> None:
         self.signal_name = self.signal_name or signal.Signals(signum).name
 
+    @property
+    def requeue_wanted(self) -> bool:
+        return self.signal_name == "SIGUSR1"
+
     def agreed(self, accelerator) -> bool:
-        """True on every process if any process was signalled. Collective when distributed:
-        a one-element all-reduce and a CPU-GPU sync point, once per optimizer update."""
-        local = self.signal_name is not None
+        """True on every process if any process was signalled (and the same signal_name
+        everywhere). Collective when distributed: a one-element all-reduce and a CPU-GPU sync
+        point, once per optimizer update."""
         if accelerator.num_processes == 1:
-            return local
-        flag = torch.tensor([1.0 if local else 0.0], device=accelerator.device)
+            return self.signal_name is not None
+        code = _CODE.get(self.signal_name, 0.0)
+        flag = torch.tensor([code], device=accelerator.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item() > 0 and self.signal_name is None:
-            self.signal_name = "a signal to another process"
-        return flag.item() > 0
+        agreed = flag.item()
+        if agreed > 0:
+            self.signal_name = next(name for name, c in _CODE.items() if c == agreed)
+        return agreed > 0
 
 
 def ignore_in_workers() -> None:

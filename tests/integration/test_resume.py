@@ -268,7 +268,7 @@ def test_a_dead_rank_ends_the_job_and_is_named(data, tmp_path):
     assert "rank: 1" in out.stdout and "Signal 9" in out.stdout, out.stdout[-3000:]
 
 
-def test_repeated_sigterm_saves_once_requeues_the_array_task_and_resumes_exactly(
+def test_repeated_sigusr1_saves_once_requeues_the_array_task_and_resumes_exactly(
     data, reference, tmp_path
 ):
     bin_dir = tmp_path / "bin"
@@ -289,11 +289,11 @@ def test_repeated_sigterm_saves_once_requeues_the_array_task_and_resumes_exactly
     for _ in range(20):  # the first sets the flag; the rest land during the save
         if proc.poll() is not None:
             break
-        os.kill(proc.pid, signal.SIGTERM)
+        os.kill(proc.pid, signal.SIGUSR1)
         time.sleep(0.02)
     stopped = finish(proc, run)
     assert stopped.returncode == 75, stopped.stdout[-3000:]
-    assert "stopped by SIGTERM" in stopped.stdout
+    assert "stopped by SIGUSR1" in stopped.stdout
     assert calls.read_text().split() == ["requeue", "4240_2"]
     for folder in (run / "checkpoints").glob("step-*"):
         assert not folder.name.endswith(".tmp")
@@ -359,3 +359,23 @@ def test_a_resumed_run_continues_the_same_wandb_run(data, tmp_path):
     assert len(folders) == 2 and all(f.name.endswith(run_id) for f in folders)
     assert json.loads((run / "wandb_run.json").read_text())["id"] == run_id
     assert f"wandb sync {folders[0]} {folders[1]}" in resumed.stdout
+
+
+def test_sigterm_saves_and_stops_but_does_not_requeue(data, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
+        "SLURM_JOB_ID": "9",
+    }
+    run = tmp_path / "run"
+    proc = start(data, run, 2, env=env)
+    wait_until(proc, lambda: logged_steps(run) >= 2, "step 2")
+    os.kill(rank_pids(proc)[1], signal.SIGTERM)  # e.g. scancel: a cancel must stay a cancel
+    stopped = finish(proc, run)
+    assert "stopped by SIGTERM" in stopped.stdout, stopped.stdout[-3000:]
+    assert not calls.exists()
+    assert checkpoint.newest_valid(run / "checkpoints") is not None
