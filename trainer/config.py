@@ -56,6 +56,9 @@ class DataConfig:
     """pil: decode and augment every image every epoch in loader workers; cached: decode once to a
     uint8 cache, crop/flip/normalize batched on the device; decode: JPEGs decoded in batches on
     the device every epoch (too big to cache); auto: cached, else decode, else pil."""
+    cache_on_device: bool | None = None
+    """Hold the whole uint8 training cache in GPU memory (no copy per batch); null: on CUDA when
+    it takes under a quarter of the free memory."""
     cache_dir: str | None = None
     """Where the uint8 pixel cache lives; null: $TRAINER_CACHE_DIR or ~/.cache/trainer, /pixels."""
     on_bad_file: Literal["skip", "error"] = "skip"

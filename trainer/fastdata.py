@@ -112,6 +112,22 @@ class PixelCache:
     folder: Path
     size: int
     pixels: np.ndarray  # memory-mapped N x S x S x 3 uint8
+    resident: torch.Tensor | None = None  # the same pixels in device memory (cache_on_device)
+
+    def to_device(self, device: torch.device) -> PixelCache:
+        """A copy whose batches are gathered in device memory: no host copy per batch."""
+        resident = torch.from_numpy(np.asarray(self.pixels)).to(device)
+        return PixelCache(self.folder, self.size, self.pixels, resident)
+
+
+def keep_on_device(cfg: DataConfig, cache: PixelCache, device: torch.device) -> bool:
+    """data.cache_on_device, or (null) on CUDA when the cache takes < 1/4 of free memory."""
+    if cfg.cache_on_device is not None:
+        return cfg.cache_on_device
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return cache.pixels.nbytes < free / 4
 
 
 def _fill(args: tuple[str, Sequence[tuple[int, str]], int, int, Preprocessing]) -> int:
@@ -230,8 +246,13 @@ class CachedTrainView(Dataset):
                 "index": torch.tensor(rows),
             }
         draws = [self._draw(row, epoch) for row, epoch in keys]
+        if self.cache.resident is not None:  # gathered in device memory
+            index = torch.tensor(rows, device=self.cache.resident.device)
+            pixels = self.cache.resident.index_select(0, index)
+        else:
+            pixels = torch.from_numpy(np.ascontiguousarray(self.cache.pixels[rows]))
         return {
-            "pixels": torch.from_numpy(np.ascontiguousarray(self.cache.pixels[rows])),
+            "pixels": pixels,
             "boxes": torch.tensor([d[0] for d in draws], dtype=torch.float32),
             "flips": torch.tensor([[d[1], d[2]] for d in draws], dtype=torch.bool),
             "label": torch.tensor([self.labels[r] for r in rows]),

@@ -121,7 +121,13 @@ def make_loader(ds, batch_size: int, *, workers: int, collate=None) -> DataLoade
 
 
 def make_train_loader(
-    ds, sampler: EpochBatchSampler, *, workers: int, seed: int, seeded: bool = True
+    ds,
+    sampler: EpochBatchSampler,
+    *,
+    workers: int,
+    seed: int,
+    seeded: bool = True,
+    pin: bool = True,
 ) -> DataLoader:
     """The training loader: batches from `sampler`, augmentation seeded per (epoch, row)
     (`seeded=False`: `ds` draws its own, e.g. the pixel cache's batched view)."""
@@ -130,7 +136,7 @@ def make_train_loader(
         batch_sampler=sampler,
         collate_fn=None if seeded else fastdata.as_batch,
         num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin and torch.cuda.is_available(),  # not for batches already on the device
         persistent_workers=workers > 0,
         worker_init_fn=_init_worker if workers > 0 else None,
         # Workers' base seed comes from here, not from the global RNG that a resume restores.
@@ -249,6 +255,7 @@ class Run:
             cfg.data.num_workers, runtime.local_world_size(accelerator)
         )
         self.caches, self.device_transform = self._pixel_caches()
+        self.resident: fastdata.PixelCache | None = None  # the train cache in device memory
         self.class_counts = self.index.class_counts("train")
         weights = (
             losses.balanced_class_weights(self.class_counts)
@@ -356,15 +363,26 @@ class Run:
                 self.datasets["train"], sampler, workers=self.workers, seed=cfg.seed
             )
         else:
+            cache, workers = self.caches["train"], min(self.workers, 4)
+            if isinstance(cache, fastdata.PixelCache) and fastdata.keep_on_device(
+                self.cfg.data, cache, self.accelerator.device
+            ):
+                if self.resident is None:  # copied once, kept across phases
+                    self.resident = cache.to_device(self.accelerator.device)
+                    self.print(
+                        f"pixel cache: {cache.pixels.nbytes / 1e6:.0f} MB held on the device"
+                    )
+                cache, workers = self.resident, 0  # batches gathered on the device, no workers
             view = fastdata.CachedTrainView(
-                self.caches["train"],
+                cache,
                 self._labels("train"),
                 self.cfg.data,
                 cfg.seed,
                 self.pre.image_size,
             )
+            resident = cache is self.resident
             train = make_train_loader(
-                view, sampler, workers=min(self.workers, 4), seed=cfg.seed, seeded=False
+                view, sampler, workers=workers, seed=cfg.seed, seeded=False, pin=not resident
             )
         val = self._eval_loader("val") if "val" in self.datasets else None
         return train, val

@@ -106,3 +106,17 @@ def test_decode_pipeline_trains_from_jpegs(data, tmp_path):
     assert_ok(out)
     assert "decode pipeline" in out.stdout
     assert summary(run)["test_accuracy"] >= 0.9
+
+
+def test_a_cache_held_in_device_memory_trains_the_same_weights(data, tmp_path):
+    weights = {}
+    for resident in ("true", "false"):
+        run = tmp_path / resident
+        out = train_smoke(
+            data, run, "data.pipeline=cached", f"data.cache_on_device={resident}", "train.epochs=2"
+        )
+        assert_ok(out)
+        assert ("held on the device" in out.stdout) == (resident == "true")
+        weights[resident] = load_file(run / "model" / "model.safetensors")
+    for key, tensor in weights["true"].items():
+        assert torch.equal(tensor, weights["false"][key]), key
