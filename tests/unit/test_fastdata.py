@@ -157,3 +157,32 @@ def test_decode_pipeline_train_batches_carry_the_cached_pipelines_draws(images, 
     assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["flips"], b["flips"])
     out = fastdata.DeviceTransform(PRE, torch.device("cpu"))(b)
     assert out["pixel_values"].shape == (2, 3, 32, 32)
+
+
+def test_an_exif_rotated_jpeg_looks_the_same_to_training_validation_and_predict(tmp_path):
+    from trainer import data
+    from trainer.inference import _PathDataset
+
+    # Red grows to the right, green downwards: any wrong rotation or flip shows.
+    x, y = np.meshgrid(np.linspace(0, 255, 40), np.linspace(0, 255, 20))
+    stored = Image.fromarray(np.stack([x, y, np.zeros_like(x)], -1).astype(np.uint8))
+    exif = stored.getexif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    path = tmp_path / "exif6.jpg"
+    stored.save(path, quality=100, exif=exif)
+    shown = Image.open(path).transpose(Image.Transpose.ROTATE_270)  # what a viewer shows
+    pre = Preprocessing(16, 18, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    want = eval_transform(pre)(shown.convert("RGB"))
+    assert not torch.allclose(want, eval_transform(pre)(Image.open(path).convert("RGB")))
+    predict = _PathDataset([str(path)], pre)[0]["pixel_values"]
+    pil_val = data.to_hf_dataset([(str(path), 0)], ["a"], eval_transform(pre))[0]["pixel_values"]
+    cache = fastdata.build([str(path)], pre, _cfg(tmp_path), workers=1)
+    item = fastdata.CachedEvalView(cache, [0], 16)[0]
+    to_float = fastdata.DeviceTransform(pre, torch.device("cpu"))
+    cached_val = to_float({"pixels": item["pixels"][None]})["pixel_values"][0]
+    files = fastdata.EncodedFiles([str(path)], pre)
+    batch = fastdata.collate_encoded([fastdata.EncodedEvalView(files, [0])[0]])
+    decoded_val = to_float(batch)["pixel_values"][0]
+    for got in (predict, pil_val, cached_val):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert (decoded_val - want).abs().mean() < 0.05  # torch's resize instead of Pillow's
