@@ -388,3 +388,21 @@ class DeviceTransform:
             x = torch.where(flips[:, 1].view(-1, 1, 1, 1), x.flip(2), x)
         batch["pixel_values"] = (x - self.mean) / self.std
         return batch
+
+
+class Samples:
+    """Single augmented training images from a batched view (for the training-samples plot)."""
+
+    def __init__(self, view: CachedTrainView, transform: DeviceTransform):
+        self.view, self.transform = view, transform
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, row: int) -> dict:
+        batch = self.view.__getitems__([(row, 0)])
+        batch = {
+            k: v.to(self.transform.device) if torch.is_tensor(v) else v for k, v in batch.items()
+        }
+        out = self.transform(batch)
+        return {"pixel_values": out["pixel_values"][0].cpu(), "label": int(out["label"][0])}

@@ -750,6 +750,19 @@ class Run:
             )
         return split, result, preds
 
+    def _augmented_samples(self):
+        """Training images as the model saw them in epoch 1, through the pipeline in use."""
+        if self.caches is None:
+            return self.datasets["train"]
+        view = fastdata.CachedTrainView(
+            self.caches["train"],
+            self._labels("train"),
+            self.cfg.data,
+            self.cfg.train.seed,
+            self.pre.image_size,
+        )
+        return fastdata.Samples(view, self.device_transform)
+
     def write_report(self, split: str, result: dict, preds: dict) -> None:
         """RUN_DIR/report.{json,md} and RUN_DIR/plots/*.png (main process), also sent to W&B."""
         a = self.accelerator
@@ -759,7 +772,7 @@ class Run:
             written = {
                 "learning_curves": plots.learning_curves(epochs, plot_dir / "learning_curves.png"),
                 "training_samples": plots.training_samples(
-                    self.datasets["train"],
+                    self._augmented_samples(),
                     self.class_names,
                     self.pre,
                     plot_dir / "training_samples.png",
