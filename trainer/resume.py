@@ -99,6 +99,11 @@ def prepare_run_dir(cfg: RunConfig, accelerator) -> tuple[Path, Resume | None]:
         _record_resume(run_dir, folder, state, accelerator.num_processes)
     accelerator.wait_for_everyone()
     same_world = state["world_size"] == accelerator.num_processes
+    if same_world and "rng" not in payload.rank_state:  # never continue with RNG silently reset
+        raise ConfigError(
+            f"checkpoint {folder} has no RNG state for rank {accelerator.process_index}; "
+            f"resume from another checkpoint (checkpoint.resume=PATH) or overwrite=true"
+        )
     position = Position(**state["next"])
     if not same_world:
         accelerator.print(
