@@ -120,6 +120,23 @@ def kill_9_everything(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def stop_with_usr1(proc: subprocess.Popen, run: Path, step: int) -> None:
+    """SIGUSR1 to a 1-process run once it logged `step`; it must save and exit 75."""
+    wait_until(proc, lambda: logged_steps(run) >= step, f"step {step}")
+    os.kill(proc.pid, signal.SIGUSR1)
+    assert finish(proc, run).returncode == 75
+
+
+def fake_scontrol(tmp_path: Path) -> tuple[str, Path]:
+    """A PATH whose `scontrol` only records its arguments, and the file it records them in."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}", calls
+
+
 def rank_pids(launcher: subprocess.Popen) -> dict[int, int]:
     """The training processes `accelerate launch` started, by RANK."""
     pids = {}
@@ -221,9 +238,7 @@ def test_kill_9_then_resume_equals_uninterrupted(data, reference, tmp_path, proc
 def test_negative_control_resuming_at_the_wrong_batch_is_caught(data, reference, tmp_path):
     run = tmp_path / "run"
     proc = start(data, run, 1)
-    wait_until(proc, lambda: logged_steps(run) >= 4, "step 4")
-    os.kill(proc.pid, signal.SIGUSR1)
-    assert finish(proc, run).returncode == 75
+    stop_with_usr1(proc, run, 4)
     assert_ok(train(data, run, 1, env={"FORGET_POSITION": "1"}))
     with pytest.raises(AssertionError):
         assert_same_run(run, reference[1])
@@ -244,9 +259,7 @@ def test_crash_while_saving_resumes_from_the_previous_checkpoint(data, reference
 def test_a_truncated_checkpoint_is_skipped_with_a_warning(data, reference, tmp_path):
     run = tmp_path / "run"
     proc = start(data, run, 1)
-    wait_until(proc, lambda: logged_steps(run) >= 9, "step 9")
-    os.kill(proc.pid, signal.SIGUSR1)
-    assert finish(proc, run).returncode == 75
+    stop_with_usr1(proc, run, 9)
     newest = sorted((run / "checkpoints").glob("step-*"))[-1]
     weights = newest / "model.safetensors"
     os.truncate(weights, weights.stat().st_size // 2)
@@ -271,14 +284,9 @@ def test_a_dead_rank_ends_the_job_and_is_named(data, tmp_path):
 def test_repeated_sigusr1_saves_once_requeues_the_array_task_and_resumes_exactly(
     data, reference, tmp_path
 ):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "scontrol.calls"
-    fake = bin_dir / "scontrol"
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    fake.chmod(0o755)
+    path, calls = fake_scontrol(tmp_path)
     slurm = {
-        "PATH": f"{bin_dir}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PATH": path,
         "SLURM_JOB_ID": "4242",
         "SLURM_ARRAY_JOB_ID": "4240",
         "SLURM_ARRAY_TASK_ID": "2",
@@ -334,9 +342,7 @@ def test_a_two_phase_run_stopped_in_its_second_phase_resumes_exactly(data, tmp_p
     assert_ok(train(data, tmp_path / "reference", 1, args=args))
     run = tmp_path / "run"
     proc = start(data, run, 1, args=args)
-    wait_until(proc, lambda: logged_steps(run) >= 15, "step 15 (phase 2)")  # 12 steps in phase 1
-    os.kill(proc.pid, signal.SIGUSR1)
-    assert finish(proc, run).returncode == 75
+    stop_with_usr1(proc, run, 15)  # 12 steps in phase 1
     resumed = train(data, run, 1, args=args)
     assert_ok(resumed)
     continued = resumed.stdout.split("resuming from")[-1]  # the log holds both attempts
@@ -349,9 +355,7 @@ def test_a_resumed_run_continues_the_same_wandb_run(data, tmp_path):
     wandb = ("tracking.wandb.mode=offline", "train.epochs=2")
     env = {"WANDB_DIR": str(tmp_path / "wandb-home"), "WANDB_CACHE_DIR": str(tmp_path / "wc")}
     proc = start(data, run, 1, *wandb, env=env)
-    wait_until(proc, lambda: logged_steps(run) >= 3, "step 3")
-    os.kill(proc.pid, signal.SIGUSR1)
-    assert finish(proc, run).returncode == 75
+    stop_with_usr1(proc, run, 3)
     run_id = json.loads((run / "wandb_run.json").read_text())["id"]
     resumed = train(data, run, 1, *wandb, env=env)
     assert_ok(resumed)
@@ -362,15 +366,8 @@ def test_a_resumed_run_continues_the_same_wandb_run(data, tmp_path):
 
 
 def test_sigterm_saves_and_stops_but_does_not_requeue(data, tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "scontrol.calls"
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    (bin_dir / "scontrol").chmod(0o755)
-    env = {
-        "PATH": f"{bin_dir}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
-        "SLURM_JOB_ID": "9",
-    }
+    path, calls = fake_scontrol(tmp_path)
+    env = {"PATH": path, "SLURM_JOB_ID": "9"}
     run = tmp_path / "run"
     proc = start(data, run, 2, env=env)
     wait_until(proc, lambda: logged_steps(run) >= 2, "step 2")

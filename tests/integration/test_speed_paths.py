@@ -4,8 +4,6 @@ pipeline's accuracy, cached features give the head the slow path gives, and both
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -15,11 +13,9 @@ from safetensors.torch import load_file
 from tests.conftest import assert_ok, make_pre_split, train_smoke
 from tests.integration.test_resume import (
     assert_same_run,
-    finish,
-    logged_steps,
     start,
+    stop_with_usr1,
     train,
-    wait_until,
 )
 
 
@@ -86,9 +82,7 @@ def test_cached_pipeline_run_stopped_mid_epoch_resumes_exactly(data, tmp_path):
     assert_ok(train(data, reference, 1, *extra))
     run = tmp_path / "run"
     proc = start(data, run, 1, *extra)
-    wait_until(proc, lambda: logged_steps(run) >= 4, "step 4")
-    os.kill(proc.pid, signal.SIGUSR1)
-    assert finish(proc, run).returncode == 75
+    stop_with_usr1(proc, run, 4)
     assert_ok(train(data, run, 1, *extra))
     assert_same_run(run, reference)
 
