@@ -97,6 +97,19 @@ def test_accelerates_own_self_test_passes_with_our_cpu_profile(tmp_path):
     profile["main_process_port"] = free_port()
     config = tmp_path / "cpu.yaml"
     config.write_text(yaml.safe_dump(profile))
-    proc = run_cli("accelerate", "test", "--config_file", str(config), timeout=300)
+    # Without ACCELERATE_USE_CPU, accelerate's plain Accelerator() on a machine without CUDA makes
+    # two unrelated "main" processes, which race on the file its script writes in the working
+    # directory (one fails unlinking it: FileNotFoundError, seen once in CI). With it, the two
+    # form one gloo group, as our own runs do.
+    proc = run_cli(
+        "accelerate",
+        "test",
+        "--config_file",
+        str(config),
+        timeout=300,
+        cwd=tmp_path,
+        env={"ACCELERATE_USE_CPU": "true"},
+    )
     assert_ok(proc)
+    assert "DistributedType.MULTI_CPU" in proc.stdout + proc.stderr
     assert "Test is a success" in proc.stdout + proc.stderr
