@@ -30,6 +30,9 @@ class ConfigError(ValueError):
 class DataConfig:
     root: str = ""
     """Image folder: class sub-folders, or train/ + val|validation/ (+ test/) holding them."""
+    layout: Literal["auto", "pre-split", "classes"] = "auto"
+    """pre-split: train/ (+ val|validation/, test/) of class folders; classes: every sub-folder is a
+    class, split by data.split; auto: pre-split when train/ is there, and stop when unsure."""
     split: list[float] = field(default_factory=lambda: [0.7, 0.2, 0.1])
     """Train/val/test ratios for a folder that is not pre-split; stratified per class."""
     split_seed: int = 42
