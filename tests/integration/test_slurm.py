@@ -212,7 +212,9 @@ def test_multi_node_script_without_requeue_exits_75_and_resubmitting_continues(
     assert job["Restarts"] == "0"
     assert "got SIGUSR1: passing it to every node through srun" in out
     assert "stopped by SIGUSR1 at step" in out, out[-4000:]
-    assert out.count("exitcode  : 75") == 2, out[-4000:]  # both ranks, in the launcher's report
+    # The first rank to exit 75 makes torch's launcher SIGTERM the other, which may still be
+    # tearing down after the (collective, complete) save: only one "exitcode  : 75" is certain.
+    assert "exitcode  : 75" in out, out[-4000:]
     assert "exit 75; the same command continues the run" in out
     assert "srun exited with 75" in out
     # The same run again (checkpoint.requeue may differ: it does not shape the weights).
