@@ -1,10 +1,13 @@
 """Scan a class-per-folder image tree once, split it, and serve it through Hugging Face `datasets`.
 
-Two layouts are accepted:
+Two layouts are accepted (data.layout):
 - pre-split: ROOT/train/<class>/..., ROOT/val|valid|validation/<class>/..., optional ROOT/test/
-- one folder: ROOT/<class>/... split by `data.split` ratios, stratified per class, reproducibly.
-A root that only wraps one sub-folder (e.g. `facade-dataset/角度正/` holding `0/` and `1/`) is
-descended into. The index is built with `os.scandir` (fast on large trees) and handed to
+- classes: ROOT/<class>/... split by `data.split` ratios, stratified per class, reproducibly.
+With data.layout=auto a folder that could be read either way (val/ and validation/; split-like
+folders without train/; train/ beside other folders of images) stops with a DataError naming
+what was found: the layout is never guessed. A root that only wraps one sub-folder (e.g.
+`facade-dataset/角度正/` holding `0/` and `1/`) is descended into, with a note. Symlinks are
+followed once per real folder and each real image is listed once. The index is built with `os.scandir` (fast on large trees) and handed to
 `datasets` as explicit file paths, so `datasets`' own imagefolder resolver is never run.
 With `data.check_images`, every indexed file is decoded once (`trainer.scan`, cached) and bad
 files are left out before the split, so the split of the good files is the same on every rank.
@@ -38,6 +41,9 @@ SPLIT_ALIASES = {
     "test": "test",
 }
 SPLITS = ("train", "val", "test")
+SPLIT_WORDS = {"train": "training", "val": "validation", "test": "test"}
+# Named like a split but not read as one: with data.layout=auto such a folder stops the scan.
+SPLIT_LOOKALIKES = frozenset({"training", "testing", "eval", "evaluation", "trn", "tst"})
 
 
 class DataError(ValueError):
@@ -72,21 +78,77 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def list_images(folder: Path, ignored: list[str] | None = None) -> list[str]:
-    """All image files below `folder` (recursively), sorted so the order never depends on the disk.
-    Other files (.DS_Store, notes.txt) are appended to `ignored` when it is given."""
+@dataclass
+class Walk:
+    """What one scan has visited: every real folder is entered once (a symlink loop, or a second
+    link to a folder, is not followed again) and every real file is listed once (by device and
+    inode), however many links lead to it. The first path found in a sorted walk is kept."""
+
+    folders: set[tuple[int, int]] = field(default_factory=set)
+    files: set[tuple[int, int]] = field(default_factory=set)
+    ignored: list[str] = field(default_factory=list)  # not images by their name
+    not_followed: list[str] = field(default_factory=list)  # links to folders already entered
+    twice: list[str] = field(default_factory=list)  # images already listed through another path
+    broken: list[str] = field(default_factory=list)  # links that lead nowhere
+
+    def notes(self, root: Path) -> list[str]:
+        def some(paths: list[str]) -> str:
+            shown = ", ".join(os.path.relpath(p, root) for p in sorted(paths)[:3])
+            return shown + (", ..." if len(paths) > 3 else "")
+
+        notes = []
+        if self.not_followed:
+            notes.append(
+                f"{len(self.not_followed)} links lead to folders already scanned (a loop or a "
+                f"second link), not followed again: {some(self.not_followed)}"
+            )
+        if self.twice:
+            notes.append(
+                f"{len(self.twice)} images reached a second time through links, counted once: "
+                f"{some(self.twice)}"
+            )
+        if self.broken:
+            notes.append(f"{len(self.broken)} broken links skipped: {some(self.broken)}")
+        return notes
+
+
+def list_images(folder: Path, walk: Walk | None = None) -> list[str]:
+    """All image files below `folder` (recursively, links followed once), sorted so the order
+    never depends on the disk. Other files (.DS_Store, notes.txt) go to `walk.ignored`."""
+    walk = walk if walk is not None else Walk()
     found: list[str] = []
     stack = [str(folder)]
     while stack:
-        with os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=True) and not entry.name.startswith("."):
-                    stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=True):
-                    if is_image_file(entry.name):
-                        found.append(entry.path)
-                    elif ignored is not None:
-                        ignored.append(entry.path)
+        top = stack.pop()
+        st = os.stat(top)
+        if (st.st_dev, st.st_ino) in walk.folders:
+            walk.not_followed.append(top)
+            continue
+        walk.folders.add((st.st_dev, st.st_ino))
+        with os.scandir(top) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        subfolders = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=True):
+                if not entry.name.startswith("."):
+                    subfolders.append(entry.path)
+            elif not entry.is_file(follow_symlinks=True):
+                if entry.is_symlink():
+                    walk.broken.append(entry.path)
+            elif not is_image_file(entry.name):
+                walk.ignored.append(entry.path)
+            else:
+                # A plain entry's inode needs no stat call; a link's target does.
+                key = (st.st_dev, entry.inode())
+                if entry.is_symlink():
+                    target = entry.stat(follow_symlinks=True)
+                    key = (target.st_dev, target.st_ino)
+                if key in walk.files:
+                    walk.twice.append(entry.path)
+                else:
+                    walk.files.add(key)
+                    found.append(entry.path)
+        stack.extend(reversed(subfolders))  # depth first, in name order: the same on every rank
     return sorted(found)
 
 
@@ -94,28 +156,172 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def find_image_root(root: Path) -> Path:
-    """Descend through folders that hold exactly one sub-folder and no images."""
+def _loose_images(folder: Path) -> list[str]:
+    """Image files directly in `folder` (not in a sub-folder)."""
+    with os.scandir(folder) as it:
+        return sorted(e.path for e in it if is_image_file(e.name) and e.is_file())
+
+
+def _holds_images(folder: Path) -> bool:
+    """Any image file below `folder`; stops at the first one."""
+    stack, seen = [str(folder)], set()
+    while stack:
+        top = stack.pop()
+        st = os.stat(top)
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        with os.scandir(top) as it:
+            for entry in it:
+                if entry.is_dir() and not entry.name.startswith("."):
+                    stack.append(entry.path)
+                elif is_image_file(entry.name) and entry.is_file():
+                    return True
+    return False
+
+
+def _split_alias(folder: Path) -> str | None:
+    return SPLIT_ALIASES.get(folder.name.lower())
+
+
+def _split_like(folder: Path) -> bool:
+    return folder.name.lower() in SPLIT_ALIASES or folder.name.lower() in SPLIT_LOOKALIKES
+
+
+def find_image_root(root: Path, layout: str = "auto", notes: list[str] | None = None) -> Path:
+    """Descend through wrapper folders: no images and exactly one sub-folder, which itself has
+    sub-folders (a lone folder of images is a class, not a wrapper). A sub-folder named like a
+    split (train/, training/, ...) is descended only with data.layout=classes. Each step down
+    is told in `notes`, so the root in use is never a surprise."""
     if not root.is_dir():
         raise DataError(f"data.root: {str(root)!r} is not a folder")
     while True:
         subs = _subdirs(root)
-        has_images = any(p.is_file() and is_image_file(p.name) for p in root.iterdir())
-        if len(subs) == 1 and not has_images and subs[0].name.lower() not in SPLIT_ALIASES:
-            root = subs[0]
-        else:
+        if len(subs) != 1 or _loose_images(root) or not _subdirs(subs[0]):
             return root
+        if layout != "classes" and _split_like(subs[0]):
+            return root
+        if notes is not None:
+            notes.append(f"{root} holds only the folder {subs[0].name}/: using it as the root")
+        root = subs[0]
+
+
+def _names(folders: Sequence[Path]) -> str:
+    shown = ", ".join(f"{p.name}/" for p in folders[:8])
+    return shown + (f" and {len(folders) - 8} more" if len(folders) > 8 else "")
+
+
+def _layout_error(root: Path, found: str, question: str) -> DataError:
+    return DataError(
+        f"data.root: {root} {found}: {question} Say which layout is meant: "
+        "data.layout=pre-split (train/, val|valid|validation/, test/ of class folders) or "
+        "data.layout=classes (every sub-folder is a class, split by data.split)"
+    )
+
+
+def split_folders(
+    root: Path, layout: str, notes: list[str], need_train: bool = True
+) -> dict[str, Path] | None:
+    """The split folders of an image root ({"train": ..., "val": ..., "test": ...}, in that
+    order), or None when its sub-folders are classes. Never guesses: with data.layout=auto a
+    folder that could be read both ways raises DataError saying what was found."""
+    if layout == "classes":
+        return None
+    subs = _subdirs(root)
+    named = [p for p in subs if _split_alias(p)]
+    lookalikes = [p for p in subs if _split_like(p) and not _split_alias(p)]
+    if layout == "auto" and not named and not lookalikes:
+        return None
+    for kind in SPLITS:
+        same = [p for p in named if _split_alias(p) == kind]
+        if len(same) > 1:
+            found = f"has {' and '.join(f'{p.name}/' for p in same)}"
+            question = (
+                f"which one is the {SPLIT_WORDS[kind]} split? Keep one (rename or move the other)."
+            )
+            if layout == "pre-split":
+                raise DataError(f"data.layout=pre-split: {root} {found}: {question}")
+            raise _layout_error(root, found, question)
+    splits = {kind: p for kind in SPLITS for p in named if _split_alias(p) == kind}
+    if layout == "pre-split" and (not splits or (need_train and "train" not in splits)):
+        raise DataError(
+            f"data.layout=pre-split: {root} has no train/ folder (found: {_names(subs)}); "
+            "name the training split train/, or set data.layout=classes if these are classes"
+        )
+    if layout == "auto":
+        _refuse_unclear(
+            root, splits, lookalikes, [p for p in subs if not _split_like(p)], need_train
+        )
+    _note_unused(root, splits, [p for p in subs if p not in splits.values()], notes)
+    return splits
+
+
+def _refuse_unclear(
+    root: Path,
+    splits: dict[str, Path],
+    lookalikes: list[Path],
+    others: list[Path],
+    need_train: bool,
+) -> None:
+    """data.layout=auto: stop where split folders could be classes or the other way round."""
+    split_names = _names(sorted([*splits.values(), *lookalikes]))
+    if need_train and "train" not in splits:
+        raise _layout_error(
+            root,
+            f"has folders named like splits ({split_names}) but no train/",
+            "are they splits (then name the training one train/) or classes?",
+        )
+    if not splits:
+        raise _layout_error(
+            root,
+            f"has folders named like splits ({split_names}) but none is read as one "
+            "(train/, val|valid|validation/, test/)",
+            "are they splits (then rename them) or classes?",
+        )
+    if lookalikes:
+        raise _layout_error(
+            root,
+            f"has {_names(lookalikes)} beside {_names(list(splits.values()))}",
+            "the split names read are train/, val|valid|validation/ and test/: is "
+            f"{lookalikes[0].name}/ a split (rename it) or a class?",
+        )
+    with_images = [p for p in others if _holds_images(p)]
+    if with_images:
+        raise _layout_error(
+            root,
+            f"has split folders ({split_names}) and other folders with images "
+            f"({_names(with_images)})",
+            f"is {_names(list(splits.values()))} a split or a class?",
+        )
+    for p in splits.values():
+        if _loose_images(p) and not _subdirs(p):
+            raise _layout_error(
+                root,
+                f"has images directly in {p.name}/, not in class folders",
+                f"is {p.name}/ a split or a class?",
+            )
+
+
+def _note_unused(root: Path, splits: dict[str, Path], unused: list[Path], notes: list[str]) -> None:
+    """Folders and images a pre-split layout does not read, so none is left out silently."""
+    if unused:
+        notes.append(f"pre-split layout: ignoring folders that are not splits: {_names(unused)}")
+    for p in splits.values():
+        loose = _loose_images(p)
+        if loose:
+            notes.append(f"{len(loose)} images directly in {p} are in no class folder: not used")
 
 
 ClassFolders = dict[str, list[str]]  # class name -> its image files
 
 
-def _class_folders(split_dir: Path, ignored: list[str] | None = None) -> ClassFolders:
-    return {d.name: list_images(d, ignored) for d in _subdirs(split_dir)}
+def _class_folders(split_dir: Path, walk: Walk) -> ClassFolders:
+    return {d.name: list_images(d, walk) for d in _subdirs(split_dir)}
 
 
 def scan(cfg: DataConfig, workers: int | None = None) -> DataIndex:
-    """Index `cfg.root` into train/val/test lists; raises DataError for unusable folders.
+    """Index `cfg.root` into train/val/test lists; raises DataError for unusable folders and for
+    layouts that could be read two ways (see `split_folders`; data.layout says which).
 
     With `cfg.check_images`, bad files (see `trainer.scan.check_file`) are found with `workers`
     processes (default: all CPUs) and left out before the split, or raise with
@@ -124,29 +330,35 @@ def scan(cfg: DataConfig, workers: int | None = None) -> DataIndex:
     """
     if not cfg.root:
         raise DataError("data.root is not set: pass data.root=/path/to/images")
-    root = find_image_root(Path(cfg.root).expanduser())
-    split_dirs = {
-        SPLIT_ALIASES[p.name.lower()]: p for p in _subdirs(root) if p.name.lower() in SPLIT_ALIASES
-    }
-    ignored: list[str] = []
-    if "train" in split_dirs:
-        trees = {s: _class_folders(d, ignored) for s, d in split_dirs.items()}
+    notes: list[str] = []
+    root = find_image_root(Path(cfg.root).expanduser(), cfg.layout, notes)
+    split_dirs = split_folders(root, cfg.layout, notes)
+    walk = Walk()
+    if split_dirs is not None:  # train first: an image linked into two splits stays in train
+        trees = {s: _class_folders(d, walk) for s, d in split_dirs.items()}
     else:
-        trees = {"all": _class_folders(root, ignored)}
+        trees = {"all": _class_folders(root, walk)}
+        loose = _loose_images(root)
+        if loose:
+            notes.append(f"{len(loose)} images directly in {root} are in no class folder: not used")
     bad = _find_bad_files(trees, root, cfg, workers)
     trees = {s: _without(tree, bad) for s, tree in trees.items()}
-    if "train" in split_dirs:
+    if split_dirs is not None:
         index = _scan_pre_split(root, split_dirs, trees, cfg)
     else:
         index = _scan_and_split(root, trees["all"], cfg)
-    index.bad_files, index.ignored = sorted(bad.items()), sorted(ignored)
+    index.notes[:0] = notes
+    index.bad_files, index.ignored = sorted(bad.items()), sorted(walk.ignored)
     if bad:
         index.notes.insert(
             0, f"{len(bad)} bad files skipped, listed in bad_files.csv of the run folder"
         )
-    if ignored:
-        names = ", ".join(sorted({Path(p).name for p in ignored})[:5])
-        index.notes.append(f"{len(ignored)} files ignored as not images by their name ({names})")
+    if walk.ignored:
+        names = ", ".join(sorted({Path(p).name for p in walk.ignored})[:5])
+        index.notes.append(
+            f"{len(walk.ignored)} files ignored as not images by their name ({names})"
+        )
+    index.notes.extend(walk.notes(root))
     return _warn_small_classes(index)
 
 
@@ -218,9 +430,6 @@ def _scan_pre_split(
     root: Path, split_dirs: dict[str, Path], trees: dict[str, ClassFolders], cfg: DataConfig
 ) -> DataIndex:
     notes: list[str] = []
-    extra = [p.name for p in _subdirs(root) if p.name.lower() not in SPLIT_ALIASES]
-    if extra:
-        notes.append(f"pre-split layout: ignoring folders that are not splits: {', '.join(extra)}")
     train_folders = trees["train"]
     class_names = _usable_classes(train_folders, split_dirs["train"], notes)
     label_of = {name: i for i, name in enumerate(class_names)}
@@ -237,6 +446,13 @@ def _scan_pre_split(
                 f"(known: {class_names})"
             )
         index.splits[split] = [(f, label_of[c]) for c in sorted(folders) for f in folders[c]]
+        missing = [c for c in class_names if c not in folders]
+        if missing:
+            notes.append(
+                f"{split_dirs[split]} has no images of {len(missing)} of the {len(class_names)} "
+                f"classes ({', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''}): "
+                f"its {split} numbers say nothing about them"
+            )
     if "val" not in index.splits:
         # No val/ folder: hold out the val share of train, stratified, so model selection still works.
         val_ratio = cfg.split[1] / (cfg.split[0] + cfg.split[1])
@@ -292,16 +508,16 @@ def stratified_split(
 
 
 def labelled_items(
-    folder: str | Path, class_names: list[str], split: str = "auto"
+    folder: str | Path, class_names: list[str], split: str = "auto", layout: str = "auto"
 ) -> list[tuple[str, int]]:
     """(path, label) pairs of a class-per-folder tree, labelled by a trained model's class names.
 
     `folder` may be pre-split; `split` picks train/val/test ("auto": test, else val, else train).
+    The same layout rules as `scan` (a pre-split folder needs no train/ here).
     """
-    root = find_image_root(Path(folder).expanduser())
-    split_dirs = {
-        SPLIT_ALIASES[p.name.lower()]: p for p in _subdirs(root) if p.name.lower() in SPLIT_ALIASES
-    }
+    notes: list[str] = []
+    root = find_image_root(Path(folder).expanduser(), layout, notes)
+    split_dirs = split_folders(root, layout, notes, need_train=False)
     if split_dirs:
         if split == "auto":
             split = next(s for s in ("test", "val", "train") if s in split_dirs)
@@ -312,7 +528,7 @@ def labelled_items(
         root = split_dirs[split]
     elif split not in ("auto", "all"):
         raise DataError(f"--split {split}: {root} is not pre-split; leave --split out")
-    folders = {c: fs for c, fs in _class_folders(root).items() if fs}
+    folders = {c: fs for c, fs in _class_folders(root, Walk()).items() if fs}
     unknown = sorted(set(folders) - set(class_names))
     if unknown:
         raise DataError(
