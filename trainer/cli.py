@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from trainer.config import DataConfig
@@ -53,6 +55,54 @@ examples:
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with mistakes in one line (`trainer CMD: error: ...`), no usage block above it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class _Version(argparse.Action):
+    """--version, read from the installed package's metadata only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        import importlib.metadata
+
+        try:
+            version = importlib.metadata.version("trainer")
+        except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+            from trainer import __version__ as version
+        print(f"trainer {version}")
+        parser.exit(0)
+
+
+def count(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in low..high, refused in one line naming the flag."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected >= {low}, got {value}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"expected <= {high}, got {value}")
+        return value
+
+    parse.__name__ = f"integer {low}..{high}"  # what argparse says when the type fails
+    parse.bounds = (low, high)  # type: ignore[attr-defined]  # read by the tests
+    return parse
+
+
+# Upper bounds well past any real use; they stop a typo (2**40 images) before any work.
+BATCH = count(1, 2**20)
+WORKERS = count(0, 1024)
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
@@ -65,11 +115,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="trainer",
         description="Train an image classifier by transfer learning on a folder of labelled images.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -89,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="train, val or test of a pre-split folder (default: test, else val)",
     )
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--batch-size", type=BATCH, default=128)
+    p.add_argument("--num-workers", type=WORKERS, default=None)
     p.add_argument("--json", metavar="FILE", help="also write all metrics as JSON")
     p.add_argument(
         "--report",
@@ -108,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="predictions.csv",
         help="output file; .json for JSON (default: predictions.csv)",
     )
-    p.add_argument("--topk", type=int, default=1, help="labels per image, best first (default: 1)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument(
+        "--topk", type=count(1, 10**6), default=1, help="labels per image, best first (default: 1)"
+    )
+    p.add_argument("--batch-size", type=BATCH, default=64)
+    p.add_argument("--num-workers", type=WORKERS, default=None)
 
     p = sub.add_parser(
         "export",
@@ -155,11 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", metavar="FILE|-", help="also write the report as JSON ('-': stdout only)"
     )
     p.add_argument(
-        "--workers", type=int, default=None, help="decoding processes (default: all CPUs)"
+        "--workers",
+        type=count(1, 1024),
+        default=None,
+        help="decoding processes (default: all CPUs)",
     )
     p.add_argument(
         "--max-image-pixels",
-        type=int,
+        type=count(1, 2**34),
         default=None,
         metavar="N",
         help="images with more pixels are bad (data.max_image_pixels; default: Pillow's limit)",
@@ -210,7 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="only write a generated JPEG folder to DIR (train/ val/ test/ with --whole-run) and exit",
     )
     p.add_argument(
-        "--images", type=int, default=20000, metavar="N", help="images to generate (default: 20000)"
+        "--images",
+        type=count(1, 10**8),
+        default=20000,
+        metavar="N",
+        help="images to generate (default: 20000)",
     )
     p.add_argument(
         "--split-images",
@@ -224,42 +284,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="generated image size (default: 500x375; 224x224 with --whole-run)",
     )
     p.add_argument(
-        "--classes", type=int, default=15, metavar="C", help="generated classes (default: 15)"
+        "--classes",
+        type=count(2, 100_000),
+        default=15,
+        metavar="C",
+        help="generated classes (default: 15)",
     )
     p.add_argument(
-        "--quality", type=int, default=90, metavar="Q", help="JPEG quality (default: 90)"
+        "--quality", type=count(1, 100), default=90, metavar="Q", help="JPEG quality (default: 90)"
     )
     p.add_argument(
         "--gen-workers",
-        type=int,
+        type=count(1, 1024),
         default=None,
         metavar="N",
         help="processes writing images (default: all CPUs)",
     )
     p.add_argument(
         "--steps",
-        type=int,
+        type=count(1, 10**7),
         default=100,
         metavar="N",
         help="timed training steps of (a), (c), (d) (default: 100)",
     )
     p.add_argument(
         "--warmup",
-        type=int,
+        type=count(0, 10**7),
         default=20,
         metavar="N",
         help="untimed steps before them (default: 20; compile, cudnn, loader start-up)",
     )
     p.add_argument(
         "--epochs",
-        type=int,
+        type=count(1, 10**6),
         default=3,
         metavar="N",
         help="epochs of the runner in (b); the first is left out as warm-up (default: 3)",
     )
     p.add_argument(
         "--phase",
-        type=int,
+        type=count(0, 1000),
         default=0,
         metavar="N",
         help="which train.phases entry (freeze policy, optimizer) every case trains (default: 0)",
@@ -278,9 +342,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    from trainer.errors import writing
     from trainer.loop import run  # heavy imports only after the config is known to be good
 
-    run(cfg)
+    with writing(cfg.output_dir):  # a full disk names at least the run folder
+        run(cfg)
     return 0
 
 
@@ -311,12 +377,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     import json
 
-    from trainer.config import ConfigError, DataConfig
+    from trainer.config import DataConfig
     from trainer.data import DataError, scan
 
-    for flag, value in (("--workers", args.workers), ("--max-image-pixels", args.max_image_pixels)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{flag}: expected >= 1, got {value}")
     if not Path(args.data_dir).expanduser().is_dir():
         raise DataError(f"{args.data_dir!r} is not a folder")
     cfg = DataConfig(root=args.data_dir, max_image_pixels=args.max_image_pixels)
@@ -327,7 +390,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
         return 0
     _print_scan_report(report)
     if args.json:
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+        from trainer.files import write_text_atomic
+
+        write_text_atomic(Path(args.json), text + "\n")
         print(f"report -> {args.json}")
     return 0
 
@@ -373,16 +438,27 @@ def _print_scan_report(report: dict) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import contextlib
     import json
 
+    from trainer.errors import writing
+    from trainer.files import write_text_atomic
     from trainer.inference import evaluate_folder
 
-    result = evaluate_folder(
-        args.model_dir, args.data_dir, args.split, args.batch_size, args.num_workers, args.report
-    )
+    # A full disk while writing the report names its folder (the files are written inside).
+    with writing(args.report) if args.report else contextlib.nullcontext():
+        result = evaluate_folder(
+            args.model_dir,
+            args.data_dir,
+            args.split,
+            args.batch_size,
+            args.num_workers,
+            args.report,
+        )
     if not _is_main():
         return 0
-    names = result["class_names"]
+    names, bad = result["class_names"], result["bad_files"]
+    _print_skipped([(b["path"], b["reason"]) for b in bad])
     print(
         f"samples {result['samples']}  accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}",
         end="",
@@ -391,42 +467,52 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{'class':24} {'support':>8} {'accuracy':>9}")
     for name, n, acc in zip(names, result["support"], result["per_class_accuracy"]):
         print(f"{name:24} {n:8d} {'-' if acc is None else format(acc, '.4f'):>9}")
+    if bad:
+        print(f"{len(bad)} unreadable files skipped (listed on stderr; not in the numbers)")
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8"
-        )
+        write_text_atomic(Path(args.json), json.dumps(result, indent=2, ensure_ascii=False))
     return 0
 
 
+def _print_skipped(bad: list[tuple[str, str]]) -> None:
+    for path, reason in bad:
+        print(f"skipped unreadable image {path}: {reason}", file=sys.stderr)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    from trainer.config import ConfigError
+    from trainer.data import DataError
     from trainer.inference import predict_paths, write_predictions
 
-    if args.topk < 1:
-        raise ConfigError(f"--topk: expected >= 1, got {args.topk}")
     rows, bad = predict_paths(
         args.model_dir, args.paths, args.topk, args.batch_size, args.num_workers
     )
+    if bad and not rows:  # on every process, so that all of them exit 2
+        if _is_main():
+            _print_skipped(bad)
+        listed = ", ".join(p for p, _ in bad[:3]) + (" ..." if len(bad) > 3 else "")
+        raise DataError(
+            f"none of the {len(bad)} images could be read ({listed}; reasons above); "
+            f"nothing written to {args.out}"
+        )
     if not _is_main():
         return 0
-    out = Path(args.out)
-    write_predictions(rows, out, args.topk)
-    for path, reason in bad:
-        print(f"skipped unreadable image {path}: {reason}", file=sys.stderr)
+    write_predictions(rows, args.out, args.topk)
+    _print_skipped(bad)
     print(
-        f"{len(rows)} predictions -> {out}"
-        + (f"; {len(bad)} unreadable files skipped" if bad else "")
+        f"{len(rows)} predictions -> {'stdout' if args.out == '-' else args.out}"
+        + (f"; {len(bad)} unreadable files skipped" if bad else ""),
+        file=sys.stderr if args.out == "-" else sys.stdout,  # stdout holds the CSV alone
     )
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from trainer.export import ExportError, export_model
+    from trainer.export import ParityError, export_model
 
     out = args.out or f"{str(args.model_dir).rstrip('/')}-{args.format}"
     try:
         result = export_model(args.model_dir, args.format, out, args.images)
-    except ExportError as e:
+    except ParityError as e:  # the export was made but does not match: a failure, not a mistake
         print(f"trainer export: error: {e}", file=sys.stderr)
         return 1
     parity = result["parity"]
@@ -470,9 +556,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         *args.overrides,
     ]
     cfg = load_config("digits", overrides)
+    from trainer.errors import writing
     from trainer.loop import run
 
-    summary = run(cfg)
+    with writing(cfg.output_dir):
+        summary = run(cfg)
     if _is_main():
         print(
             f"\ndemo: test accuracy {summary['test_accuracy']:.2%} on {summary['test_samples']} held-out digits\n"
@@ -525,32 +613,49 @@ def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _one_line(error: Exception) -> str:
-    """The message of an error; from a DataLoader worker only its last line, not the traceback
-    text torch wraps around it."""
-    text = str(error).strip()
-    return text.splitlines()[-1].split(": ", 1)[-1] if "Original Traceback" in text else text
+# How each command's output can go elsewhere, for the fix of a full disk.
+WRITE_HINTS = {
+    "train": "output_dir=... (and data.cache_dir=... for the pixel cache)",
+    "demo": "--output-dir and --data",
+    "predict": "--out",
+    "eval": "--json / --report",
+    "scan": "--json (or TRAINER_CACHE_DIR for its cache)",
+    "export": "--out",
+    "weights": "--to (or TORCH_HOME / HF_HOME)",
+    "bench": "--data / --make-data / --json, or TMPDIR",
+}
+
+
+def _fail(command: str, error: BaseException) -> int:
+    """Exit 2 with one line for a user's or the environment's mistake; a bug keeps its traceback."""
+    from trainer.errors import BUG_LINE, user_message
+
+    message = user_message(error, WRITE_HINTS.get(command, ""))
+    if message is None:
+        traceback.print_exception(error)
+        print(BUG_LINE, file=sys.stderr)
+        return 1
+    if _is_main():  # every process of a multi-process run gets here; one says it
+        print(f"trainer {command}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a bad flag (one line, exit 2)
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     if os.environ.get("TRAINER_OFFLINE", "") not in ("", "0"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm's weights come through the HF hub
-    from trainer.config import ConfigError
-    from trainer.data import DataError
-    from trainer.models import ModelError
-
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataError, ModelError, FileNotFoundError) as e:
-        if _is_main():
-            print(f"trainer {args.command}: error: {_one_line(e)}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `trainer scan DIR | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as e:
+        return _fail(args.command, e)
 
 
 if __name__ == "__main__":

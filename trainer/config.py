@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,114 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 
 class ConfigError(ValueError):
     """A user's configuration mistake; the message names the dotted key and what to do."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Where a number of the config may lie; NaN and infinities never do."""
+
+    low: float
+    high: float
+    low_open: bool = False  # low itself is not allowed
+    high_open: bool = False
+    why: str = ""  # said after the range when the value is out of it
+
+    def __contains__(self, x: float) -> bool:
+        above = x > self.low if self.low_open else x >= self.low
+        below = x < self.high if self.high_open else x <= self.high
+        return math.isfinite(x) and above and below
+
+    def describe(self, integer: bool) -> str:
+        if integer:
+            low = self.low + 1 if self.low_open else self.low
+            high = self.high - 1 if self.high_open else self.high
+            return f"an integer {int(low)}..{int(high)}"
+        left, right = "<" if self.low_open else "<=", "<" if self.high_open else "<="
+        return f"a number {self.low:g} {left} x {right} {self.high:g}"
+
+
+SEED = Range(0, 2**32, high_open=True)  # what numpy and torch's generators accept
+COUNT = Range(1, 10**6)
+BATCH = Range(1, 2**20)
+# Every int and float field of the config, by "Class.field": a new numeric key must be added
+# here (the check fails loudly otherwise), and the unit tests feed values just outside each.
+RANGES: dict[str, Range] = {
+    "DataConfig.split": Range(0, 1),
+    "DataConfig.split_seed": SEED,
+    "DataConfig.image_size": Range(16, 4096),
+    "DataConfig.num_workers": Range(0, 1024),
+    "DataConfig.min_crop_scale": Range(0, 1, low_open=True),
+    "DataConfig.random_erasing": Range(0, 1),
+    "DataConfig.max_image_pixels": Range(1, 2**34),
+    "ModelConfig.head_hidden": BATCH,
+    "ModelConfig.head_dropout": Range(0, 1, high_open=True),
+    "OptimConfig.lr": Range(0, 10, low_open=True),
+    "OptimConfig.head_lr_mult": Range(0, 1000, low_open=True),
+    "OptimConfig.weight_decay": Range(0, 10),
+    "OptimConfig.momentum": Range(0, 1, high_open=True),
+    "OptimConfig.warmup_epochs": Range(0, 10**6),
+    "OptimConfig.step_epochs": COUNT,
+    "OptimConfig.gamma": Range(0, 1, low_open=True),
+    "OptimConfig.layer_decay": Range(0, 1, low_open=True),
+    "OptimConfig.clip_grad_norm": Range(0, 10**6, low_open=True),
+    "PhaseConfig.epochs": COUNT,
+    "TrainConfig.epochs": COUNT,
+    "TrainConfig.batch_size": Range(
+        2,
+        2**20,
+        why="; BatchNorm cannot normalize a batch of one image per process. To fit memory use a "
+        "smaller data.image_size, and train.grad_accum_steps=N for a larger effective batch",
+    ),
+    "TrainConfig.eval_batch_size": BATCH,
+    "TrainConfig.grad_accum_steps": Range(1, 2**16),
+    "TrainConfig.seed": SEED,
+    "TrainConfig.log_every": Range(1, 10**9),
+    "TrainConfig.label_smoothing": Range(0, 1, high_open=True),
+    "TrainConfig.mixup_alpha": Range(0, 100),
+    "TrainConfig.cutmix_alpha": Range(0, 100),
+    "TrainConfig.ema_decay": Range(0, 1, low_open=True, high_open=True),
+    "TrainConfig.early_stopping_patience": COUNT,
+    "TrainConfig.collective_timeout_s": Range(1, 7 * 86400),
+    "CheckpointConfig.every_steps": Range(0, 10**9),
+    "CheckpointConfig.keep_last": COUNT,
+}
+
+
+def number_kind(tp: Any) -> tuple[type, bool] | None:
+    """(int or float, whether null is allowed) for a numeric annotation, lists of numbers
+    included; None for anything else (bool is not a number here)."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        kind = number_kind(inner[0]) if len(inner) == 1 else None
+        return (kind[0], True) if kind else None
+    if typing.get_origin(tp) is list:
+        return number_kind(args[0])
+    return (tp, False) if tp in (int, float) else None
+
+
+@functools.cache
+def _numeric_fields(cls: type) -> list[tuple[str, type, bool]]:
+    hints = typing.get_type_hints(cls)
+    found = [(f.name, number_kind(hints[f.name])) for f in dataclasses.fields(cls)]
+    return [(name, *kind) for name, kind in found if kind]
+
+
+def check_numbers(obj: Any) -> None:
+    """Every number of a config dataclass finite and in its RANGES entry, else a ConfigError
+    naming the key (the caller adds the dotted prefix)."""
+    for name, kind, nullable in _numeric_fields(type(obj)):
+        limits = RANGES[f"{type(obj).__name__}.{name}"]
+        value = getattr(obj, name)
+        for x in value if isinstance(value, list) else [value]:
+            if x is None and nullable:
+                continue
+            number = isinstance(x, (int, float)) and not isinstance(x, bool)
+            if number and (kind is float or isinstance(x, int)) and x in limits:
+                continue
+            expected = limits.describe(kind is int) + (" or null" if nullable else "")
+            shown = f"{x!r} in {value}" if isinstance(value, list) else repr(x)
+            raise ConfigError(f"{name}: expected {expected}, got {shown}{limits.why}")
 
 
 @dataclass
@@ -72,26 +181,13 @@ class DataConfig:
     """Images with more pixels are bad files (decompression bombs); null: 360,000,000."""
 
     def __post_init__(self) -> None:
-        if self.max_image_pixels is not None and self.max_image_pixels < 1:
-            raise ConfigError(
-                f"max_image_pixels: expected >= 1 or null, got {self.max_image_pixels}"
-            )
-        if len(self.split) != 3 or any(r < 0 for r in self.split):
+        check_numbers(self)
+        if len(self.split) != 3:
             raise ConfigError(
                 f"split: expected three ratios >= 0 (train, val, test), got {self.split}"
             )
         if abs(sum(self.split) - 1.0) > 1e-6 or self.split[0] <= 0:
             raise ConfigError(f"split: ratios must sum to 1 with train > 0, got {self.split}")
-        if self.image_size is not None and not 16 <= self.image_size <= 4096:
-            raise ConfigError(f"image_size: expected 16..4096 pixels, got {self.image_size}")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise ConfigError(f"num_workers: expected >= 0, got {self.num_workers}")
-        if not 0 < self.min_crop_scale <= 1:
-            raise ConfigError(f"min_crop_scale: expected 0 < x <= 1, got {self.min_crop_scale}")
-        if not 0 <= self.random_erasing <= 1:
-            raise ConfigError(
-                f"random_erasing: expected a probability 0..1, got {self.random_erasing}"
-            )
 
 
 @dataclass
@@ -113,10 +209,7 @@ class ModelConfig:
             raise ConfigError(
                 f"name: expected 'torchvision/<arch>' or 'timm/<arch>', got {self.name!r}"
             )
-        if self.head_hidden < 1:
-            raise ConfigError(f"head_hidden: expected >= 1, got {self.head_hidden}")
-        if not 0 <= self.head_dropout < 1:
-            raise ConfigError(f"head_dropout: expected 0 <= p < 1, got {self.head_dropout}")
+        check_numbers(self)
 
 
 @dataclass
@@ -147,17 +240,7 @@ class OptimConfig:
     """Clip the global gradient norm to this before each update; null: no clipping."""
 
     def __post_init__(self) -> None:
-        for name in ("lr", "head_lr_mult"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name}: expected > 0, got {getattr(self, name)}")
-        if self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise ConfigError("weight_decay and warmup_epochs must be >= 0")
-        if self.step_epochs < 1:
-            raise ConfigError(f"step_epochs: expected >= 1, got {self.step_epochs}")
-        if not 0 < self.layer_decay <= 1:
-            raise ConfigError(f"layer_decay: expected 0 < x <= 1, got {self.layer_decay}")
-        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
-            raise ConfigError(f"clip_grad_norm: expected > 0 or null, got {self.clip_grad_norm}")
+        check_numbers(self)
 
 
 @dataclass
@@ -172,8 +255,7 @@ class PhaseConfig:
     """Optimizer and schedule of this phase; keys not given here come from the top-level optim."""
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"epochs: expected >= 1, got {self.epochs}")
+        check_numbers(self)
 
 
 @dataclass
@@ -225,28 +307,7 @@ class TrainConfig:
     """Seconds a process waits for the others in a collective before the job fails, naming ranks."""
 
     def __post_init__(self) -> None:
-        for name in ("label_smoothing", "mixup_alpha", "cutmix_alpha"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: expected >= 0, got {getattr(self, name)}")
-        if self.label_smoothing >= 1:
-            raise ConfigError(f"label_smoothing: expected < 1, got {self.label_smoothing}")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ConfigError(f"ema_decay: expected 0 < x < 1 or null, got {self.ema_decay}")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise ConfigError(
-                f"early_stopping_patience: expected >= 1 or null, got {self.early_stopping_patience}"
-            )
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"epochs: expected >= 1, got {self.epochs}")
-        for name in ("batch_size", "grad_accum_steps", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected >= 1, got {getattr(self, name)}")
-        if self.eval_batch_size is not None and self.eval_batch_size < 1:
-            raise ConfigError(f"eval_batch_size: expected >= 1, got {self.eval_batch_size}")
-        if self.collective_timeout_s < 1:
-            raise ConfigError(
-                f"collective_timeout_s: expected >= 1, got {self.collective_timeout_s}"
-            )
+        check_numbers(self)
 
 
 @dataclass
@@ -265,10 +326,7 @@ class CheckpointConfig:
     """Under Slurm, after SIGUSR1/SIGTERM made the run save and stop: scontrol requeue the job."""
 
     def __post_init__(self) -> None:
-        if self.keep_last < 1:
-            raise ConfigError(f"keep_last: expected >= 1, got {self.keep_last}")
-        if self.every_steps < 0:
-            raise ConfigError(f"every_steps: expected >= 0, got {self.every_steps}")
+        check_numbers(self)
         if not self.resume:
             raise ConfigError("resume: expected auto, never or a checkpoint folder")
 
@@ -461,8 +519,8 @@ def _set_epochs(tree: dict, epochs: Any) -> None:
     if epochs is None or not isinstance(tree.get("train"), dict):
         return  # null: not set; a train that is not a mapping is reported by _build
     epochs = _coerce(epochs, int, "train.epochs")
-    if epochs < 1:
-        raise ConfigError(f"train.epochs: expected >= 1, got {epochs}")
+    if epochs not in RANGES["TrainConfig.epochs"]:
+        raise ConfigError(f"train.epochs: expected {COUNT.describe(True)}, got {epochs}")
     phases = _phases(tree)
     if not phases:
         phases = tree["train"]["phases"] = [{"name": "train"}]
@@ -510,6 +568,10 @@ def _apply_override(tree: dict, key: str, value: Any) -> None:
 def parse_override(text: str) -> tuple[str, Any]:
     """`key.sub=value` -> (key.sub, YAML-parsed value); `key=` gives an empty string."""
     key, sep, raw = text.partition("=")
+    if not sep and ("/" in text or Path(text).expanduser().is_dir()):
+        raise ConfigError(
+            f"{text!r} is not a key=value override; for the image folder write data.root={text}"
+        )
     if not sep or not key or any(c.isspace() for c in key):
         raise ConfigError(f"bad override {text!r}: expected key.sub=value (e.g. train.epochs=3)")
     try:
@@ -541,7 +603,9 @@ def load_yaml(path: Path) -> dict:
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file; --config takes a YAML file") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     return tree

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 
 from trainer import data, models
+from trainer.errors import writing
+from trainer.files import current_umask, write_text_atomic
 from trainer.transforms import Preprocessing, eval_transform, load_rgb
 
 FORMATS = ("onnx", "torchscript")
@@ -25,24 +28,51 @@ PARITY_ATOL = 1e-3
 
 
 class ExportError(ValueError):
-    """The export could not be made or does not match PyTorch; the message says what differs."""
+    """The export cannot be made as asked (a user's mistake: exit 2); the message says what to do."""
+
+
+class ParityError(ExportError):
+    """The export was written but its logits differ from PyTorch's (a failure: exit 1)."""
 
 
 def parity_inputs(
     pre: Preprocessing, image_paths: list[str], n: int = 8
 ) -> tuple[torch.Tensor, str]:
     """Real images preprocessed as predict does, or random ones when none are given."""
-    files = [
-        f for p in image_paths for f in (data.list_images(Path(p)) if Path(p).is_dir() else [p])
-    ]
+    files = []
+    for p in image_paths:
+        found = data.list_images(Path(p)) if Path(p).is_dir() else [p]
+        if not found:
+            raise ExportError(f"--images {p}: no images in this folder")
+        files.extend(found)
     if files:
         transform = eval_transform(pre)
-        batch = torch.stack([transform(load_rgb(f)) for f in files[:n]])
+        batch = torch.stack([_load_image(transform, f) for f in files[:n]])
         return batch, f"{len(batch)} real images"
     generator = torch.Generator().manual_seed(0)
     return torch.randn(
         n, 3, pre.image_size, pre.image_size, generator=generator
     ), f"{n} random inputs"
+
+
+def _load_image(transform: Any, path: str) -> torch.Tensor:
+    try:
+        return transform(load_rgb(path))
+    except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises for missing/broken files
+        raise ExportError(
+            f"--images {path}: not a readable image ({type(e).__name__}: {e}); "
+            "give image files or folders of them"
+        ) from None
+
+
+def _check_out(out: Path) -> None:
+    """Write only into a new or empty folder, or over an earlier export (never over other files:
+    `--out RUN_DIR/model` would otherwise replace the model's own config.json)."""
+    if out.is_dir() and any(out.iterdir()) and not (out / "export.json").is_file():
+        raise ExportError(
+            f"--out {out}: this folder holds other files (not an earlier export); "
+            "choose a new or empty folder"
+        )
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -79,16 +109,19 @@ def export_model(
     pre = Preprocessing.from_dict(meta["preprocessing"])
     x, what = parity_inputs(pre, image_paths)
     out = Path(out_dir)
+    _check_out(out)
     out.mkdir(parents=True, exist_ok=True)
+    target = out / ("model.onnx" if fmt == "onnx" else "model.pt")
     with torch.no_grad():
         reference = model(x).numpy()
+        with writing(target):
+            if fmt == "onnx":
+                _export_onnx(model, x[:1], target)
+            else:
+                torch.jit.save(torch.jit.trace(model, x[:1]), str(target))
         if fmt == "onnx":
-            target = out / "model.onnx"
-            _export_onnx(model, x[:1], target)
             exported = _run_onnx(target, x)
         else:
-            target = out / "model.pt"
-            torch.jit.save(torch.jit.trace(model, x[:1]), str(target))
             exported = torch.jit.load(str(target)).eval()(x).numpy()
     diff = float(np.abs(exported - reference).max())
     result = {
@@ -104,10 +137,13 @@ def export_model(
         "same_top1": bool((exported.argmax(1) == reference.argmax(1)).all()),
         "torch_version": torch.__version__,
     }
-    shutil.copy(Path(model_dir) / "config.json", out / "config.json")
-    (out / "export.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    with writing(out / "config.json"):
+        shutil.copyfile(Path(model_dir) / "config.json", out / "config.json")
+    write_text_atomic(out / "export.json", json.dumps(result, indent=2))
+    for path in (target, out / "config.json"):  # as a plain open() would: 0644 under umask 022
+        os.chmod(path, 0o666 & ~current_umask())
     if diff > PARITY_ATOL or not result["same_top1"]:
-        raise ExportError(
+        raise ParityError(
             f"{target}: logits differ from PyTorch by {diff:.3g} (allowed {PARITY_ATOL}) on {what}"
         )
     return result

@@ -7,7 +7,9 @@ exactly once and the main process writes the results.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,9 @@ from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Dataset
 
 from trainer import data, models, report, runtime
+from trainer.files import write_text_atomic
 from trainer.loop import evaluate, make_loader
+from trainer.scan import cache_file, check_files
 from trainer.transforms import Preprocessing, eval_transform, load_rgb
 
 
@@ -42,7 +46,7 @@ def evaluate_folder(
     try:
         model, meta, pre = _load(model_dir, accelerator)
         names = meta["class_names"]
-        items = data.labelled_items(data_dir, names, split)
+        items, bad = readable_items(data.labelled_items(data_dir, names, split), data_dir)
         ds = data.to_hf_dataset(items, names, eval_transform(pre))
         n_workers = runtime.auto_num_workers(workers, runtime.local_world_size(accelerator))
         loader = make_loader(ds, batch_size, workers=n_workers)
@@ -61,9 +65,30 @@ def evaluate_folder(
                 data=str(data_dir),
             )
         result["class_names"] = names
+        result["bad_files"] = [{"path": p, "reason": r} for p, r in bad]
         return result
     finally:
         runtime.shutdown(accelerator)
+
+
+def readable_items(
+    items: list[tuple[str, int]], data_dir: str | Path
+) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+    """Leave out the files that do not decode, as training does: (good items, [(path, reason)]).
+    Verdicts are cached like `trainer scan`'s, so a second eval of the folder does not decode again."""
+    # A cache of its own: check_files keeps only the verdicts of the files it was given, and
+    # eval gives one split; training's cache of the whole folder stays whole.
+    cache = cache_file(f"{Path(data_dir).expanduser().resolve()}#eval")
+    bad = check_files([p for p, _ in items], cache=cache)
+    good = [(p, label) for p, label in items if p not in bad]
+    if not good:
+        listed = "; ".join(f"{p} ({r})" for p, r in list(bad.items())[:3])
+        raise data.DataError(
+            f"none of the {len(items)} images under {data_dir} can be read: {listed}"
+            + (" ..." if len(bad) > 3 else "")
+            + "; `trainer scan` lists every bad file"
+        )
+    return good, sorted(bad.items())
 
 
 class _PathDataset(Dataset):
@@ -146,21 +171,30 @@ def predict_paths(
         runtime.shutdown(accelerator)
 
 
-def write_predictions(rows: list[dict], out: Path, topk: int) -> None:
-    """CSV (path, label, probability, label_2, probability_2, ...) or JSON by the file's suffix."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".json":
-        out.write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
+def write_predictions(rows: list[dict], out: str | Path, topk: int) -> None:
+    """CSV (path, label, probability, label_2, probability_2, ...) or JSON by the file's suffix;
+    `-`: CSV on stdout. A file is replaced whole or not at all."""
+    if str(out) == "-":
+        sys.stdout.write(predictions_csv(rows))
         return
+    out = Path(out)
+    if out.suffix.lower() == ".json":
+        write_text_atomic(out, json.dumps(rows, indent=1, ensure_ascii=False))
+    else:
+        write_text_atomic(out, predictions_csv(rows))
+
+
+def predictions_csv(rows: list[dict]) -> str:
     k = max((len(r["labels"]) for r in rows), default=1)
     header = ["path", "label", "probability"]
     for j in range(2, k + 1):
         header += [f"label_{j}", f"probability_{j}"]
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        for r in rows:
-            cells = [r["path"]]
-            for label, prob in zip(r["labels"], r["probabilities"]):
-                cells += [label, f"{prob:.6f}"]
-            w.writerow(cells)
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(header)
+    for r in rows:
+        cells = [r["path"]]
+        for label, prob in zip(r["labels"], r["probabilities"]):
+            cells += [label, f"{prob:.6f}"]
+        w.writerow(cells)
+    return text.getvalue()

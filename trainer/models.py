@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -12,8 +13,11 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torchvision.transforms import InterpolationMode
 
-from trainer.config import ModelConfig
+from trainer.config import ConfigError, ModelConfig
+from trainer.errors import writing
+from trainer.files import apply_umask
 from trainer.safeload import ModelError, load_safetensors, load_torch_weights
 from trainer.transforms import IMAGENET, Preprocessing
 
@@ -322,7 +326,8 @@ def save_model_folder(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(state, tmp / "model.safetensors", metadata={"format": MODEL_FORMAT})
+    with writing(tmp / "model.safetensors"):
+        save_file(state, tmp / "model.safetensors", metadata={"format": MODEL_FORMAT})
     meta = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
@@ -337,9 +342,11 @@ def save_model_folder(
         "preprocessing": pre.to_dict(),
         **(extra or {}),
     }
-    (tmp / "config.json").write_text(
-        json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8"
-    )
+    with writing(tmp / "config.json"):
+        (tmp / "config.json").write_text(
+            json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8"
+        )
+    apply_umask(tmp)  # safetensors writes 0600; a model folder is meant to be shared
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -357,18 +364,19 @@ def load_model_folder(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
             f"{str(folder)!r} is not a model folder: expected config.json and model.safetensors "
             f"(a training run writes one to RUN_DIR/model)"
         )
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != MODEL_FORMAT:
-        raise ModelError(f"{meta_path} is not a {MODEL_FORMAT} config")
+    meta = read_model_meta(meta_path)
     arch = meta["architecture"]
-    cfg = ModelConfig(
-        name=arch["name"],
-        pretrained=False,
-        head=arch["head"],
-        head_hidden=arch["head_hidden"],
-        head_dropout=arch["head_dropout"],
-    )
-    model, _ = build_model(cfg, int(meta["num_classes"]))
+    try:
+        cfg = ModelConfig(
+            name=arch["name"],
+            pretrained=False,
+            head=arch["head"],
+            head_hidden=arch["head_hidden"],
+            head_dropout=arch["head_dropout"],
+        )
+    except (ConfigError, TypeError) as e:
+        raise ModelError(f"{meta_path}: architecture.{e}; {REWRITE}") from None
+    model, _ = build_model(cfg, meta["num_classes"])
     try:
         model.load_state_dict(load_safetensors(weights_path))
     except RuntimeError as e:  # missing/unexpected keys or shapes: not this folder's weights
@@ -378,3 +386,50 @@ def load_model_folder(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
         ) from None
     model.eval()
     return model, meta
+
+
+REWRITE = "was it edited by hand? Use the config.json the training run wrote"
+
+
+def read_model_meta(meta_path: Path) -> dict[str, Any]:
+    """A model folder's config.json, checked: every mistake names the file and the key."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{meta_path}: not valid JSON ({e}); {REWRITE}") from None
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{meta_path} is not a {MODEL_FORMAT} config")
+    arch, names = meta.get("architecture"), meta.get("class_names")
+    if not isinstance(arch, dict) or not {"name", "head", "head_hidden", "head_dropout"} <= set(
+        arch
+    ):
+        raise ModelError(
+            f"{meta_path}: architecture must hold name, head, head_hidden and head_dropout; "
+            f"{REWRITE}"
+        )
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ModelError(f"{meta_path}: class_names must be a list of names; {REWRITE}")
+    if meta.get("num_classes") != len(names):
+        raise ModelError(
+            f"{meta_path}: num_classes is {meta.get('num_classes')!r} but class_names has "
+            f"{len(names)} names; {REWRITE}"
+        )
+    try:
+        pre = Preprocessing.from_dict(meta["preprocessing"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(
+            f"{meta_path}: preprocessing is incomplete or wrong ({type(e).__name__}: {e}); {REWRITE}"
+        ) from None
+    if arch["head"] not in ("linear", "mlp"):
+        raise ModelError(f"{meta_path}: architecture.head must be linear or mlp; {REWRITE}")
+    try:
+        InterpolationMode(pre.interpolation)
+    except ValueError:
+        raise ModelError(
+            f"{meta_path}: preprocessing.interpolation {pre.interpolation!r} is unknown; {REWRITE}"
+        ) from None
+    numbers = [pre.image_size, pre.resize_size, *pre.mean, *pre.std]
+    finite = all(isinstance(x, (int, float)) and math.isfinite(x) for x in numbers)
+    if not finite or len(pre.mean) != 3 or len(pre.std) != 3 or min(pre.image_size, *pre.std) <= 0:
+        raise ModelError(f"{meta_path}: preprocessing holds impossible numbers; {REWRITE}")
+    return meta
