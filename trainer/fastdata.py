@@ -27,6 +27,7 @@ import math
 import multiprocessing as mp
 import os
 import shutil
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from trainer.config import DataConfig
+from trainer.preemption import ignore_ctrl_c
 from trainer.sampling import sample_seed
 from trainer.transforms import Preprocessing, load_rgb
 
@@ -139,6 +141,9 @@ def _fill(args: tuple[str, Sequence[tuple[int, str]], int, int, Preprocessing]) 
     return len(jobs)
 
 
+STALE_AFTER_S = 24 * 3600  # a build folder of another host untouched this long is abandoned
+
+
 def build(
     paths: Sequence[str], pre: Preprocessing, cfg: DataConfig, workers: int, say=print
 ) -> PixelCache:
@@ -149,28 +154,15 @@ def build(
     n = len(paths)
     if not (folder / "meta.json").is_file():
         start = time.perf_counter()
-        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        file = tmp / "pixels.u8"
-        np.memmap(file, dtype=np.uint8, mode="w+", shape=(n, size, size, 3)).flush()
-        chunk = max(1, min(256, math.ceil(n / max(1, workers) / 4)))
-        jobs = [
-            (str(file), list(enumerate(paths))[i : i + chunk], n, size, pre)
-            for i in range(0, n, chunk)
-        ]
-        if workers > 1 and n > chunk:
-            with mp.get_context("fork").Pool(workers) as pool:
-                for _ in pool.imap_unordered(_fill, jobs):
-                    pass
-        else:
-            for job in jobs:
-                _fill(job)
-        meta = {"images": n, "size": size, "bytes": n * size * size * 3, "format": FORMAT}
-        (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        remove_stale_builds(folder.parent)
+        tmp = folder.with_name(f"{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}")
         try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished the same cache first
+            _decode_into(tmp, paths, pre, size, workers)
+            try:
+                os.replace(tmp, folder)
+            except OSError:  # another process finished the same cache first
+                pass
+        finally:  # interrupted (Ctrl-C, an unreadable image, a full disk): leave nothing behind
             shutil.rmtree(tmp, ignore_errors=True)
         say(
             f"pixel cache: {n} images decoded in {time.perf_counter() - start:.1f}s, "
@@ -180,6 +172,68 @@ def build(
         say(f"pixel cache: reusing {folder} ({n} images at {size}px)")
     pixels = np.memmap(folder / "pixels.u8", dtype=np.uint8, mode="r", shape=(n, size, size, 3))
     return PixelCache(folder, size, pixels)
+
+
+def _decode_into(
+    tmp: Path, paths: Sequence[str], pre: Preprocessing, size: int, workers: int
+) -> None:
+    """A complete cache folder at `tmp`: pixels.u8 filled, then meta.json (which marks it done)."""
+    n = len(paths)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    file = tmp / "pixels.u8"
+    np.memmap(file, dtype=np.uint8, mode="w+", shape=(n, size, size, 3)).flush()
+    chunk = max(1, min(256, math.ceil(n / max(1, workers) / 4)))
+    jobs = [
+        (str(file), list(enumerate(paths))[i : i + chunk], n, size, pre) for i in range(0, n, chunk)
+    ]
+    if workers > 1 and n > chunk:
+        with mp.get_context("fork").Pool(workers, initializer=ignore_ctrl_c) as pool:
+            for _ in pool.imap_unordered(_fill, jobs):
+                pass
+    else:
+        for job in jobs:
+            _fill(job)
+    meta = {"images": n, "size": size, "bytes": n * size * size * 3, "format": FORMAT}
+    (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+def remove_stale_builds(root: Path, now: float | None = None) -> list[Path]:
+    """Delete the build folders (KEY.tmp-HOST-PID) of builds that can no longer finish: of this
+    host when that process is gone (killed, out of memory), of any host when nothing in them
+    changed for STALE_AFTER_S (the cache folder may be shared by nodes, whose processes cannot
+    be asked). A live build, here or on another node, is never touched. Returns what went."""
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        candidates = [p for p in root.iterdir() if ".tmp-" in p.name and p.is_dir()]
+    except OSError:
+        return removed
+    for folder in candidates:
+        host, _, pid = folder.name.rsplit(".tmp-", 1)[1].rpartition("-")
+        dead_here = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+        if dead_here or now - _last_change(folder) > STALE_AFTER_S:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _last_change(folder: Path) -> float:
+    """Newest mtime of the folder and its files (a build in progress keeps writing pixels.u8)."""
+    try:
+        return max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.iterdir())])
+    except OSError:  # removed meanwhile by its builder
+        return time.time()
 
 
 def crop_box(g: torch.Generator, size: int, min_scale: float) -> tuple[float, float, float, float]:

@@ -1,14 +1,23 @@
-"""SIGUSR1/SIGTERM: stop at the next step boundary with a checkpoint, then requeue under Slurm.
+"""SIGUSR1/SIGTERM/SIGINT: stop at the next step boundary with a checkpoint, then requeue under
+Slurm (SIGUSR1 only).
 
 The handler only sets a flag. Saving inside a signal handler can deadlock (the handler may run
 while the interrupted code holds a lock, or in the middle of a collective); instead every
 process checks the flag after each optimizer update, the processes agree (one all-reduce: if
 any of them was signalled, all stop at the same step), save, and exit with EXIT_PREEMPTED.
-A second signal during the save only sets the flag again.
+A second SIGUSR1/SIGTERM only sets the flag again.
 
 Only SIGUSR1 requeues a Slurm job: it is the signal the sbatch scripts schedule before the time
 limit (--signal=B:USR1@300). SIGTERM (scancel, a node going down) saves and stops; requeueing
 then would turn `scancel JOBID` into a restart.
+
+Ctrl-C (SIGINT) in training is a stop like SIGTERM: a checkpoint at the next step, exit 75, and
+the same command continues. A second Ctrl-C means "out now": before the stop's save has begun it
+raises KeyboardInterrupt (the run ends with 130 and continues later from the last complete
+checkpoint); once the save has begun (`saving`) it is only answered with "saving the checkpoint,
+please wait", so the save always finishes. Checkpoints are written aside and renamed into place,
+so even a kill mid-save leaves the last complete one. Outside training (scanning, caching, the
+model download) Ctrl-C raises KeyboardInterrupt as usual.
 """
 
 from __future__ import annotations
@@ -17,12 +26,14 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; a resumed run continues from the checkpoint
-SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-_CODE = {"SIGTERM": 1.0, "SIGUSR1": 2.0}  # agreed by MAX: SIGUSR1 on any rank wins
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+_CODE = {"SIGINT": 1.0, "SIGTERM": 2.0, "SIGUSR1": 3.0}  # agreed by MAX: SIGUSR1 on any rank wins
 
 
 class Preempted(Exception):
@@ -35,10 +46,11 @@ class Preempted(Exception):
 
 
 class StopFlag:
-    """Set by SIGUSR1/SIGTERM; `agreed()` is the collective check at step boundaries."""
+    """Set by SIGUSR1/SIGTERM/SIGINT; `agreed()` is the collective check at step boundaries."""
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
+        self.saving = False  # a checkpoint is being written: a second Ctrl-C must wait
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
@@ -51,7 +63,28 @@ class StopFlag:
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
-        self.signal_name = self.signal_name or signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if self.signal_name is None:
+            self.signal_name = name
+            if name == "SIGINT":
+                _say(
+                    "Ctrl-C: saving a checkpoint at the next step, then stopping "
+                    "(Ctrl-C again to quit at once without it)"
+                )
+        elif name == "SIGINT":
+            if self.saving:
+                _say("saving the checkpoint, please wait")
+            else:
+                raise KeyboardInterrupt
+
+    @contextmanager
+    def saving_checkpoint(self) -> Iterator[None]:
+        """While a checkpoint is written, a second Ctrl-C waits for it instead of quitting."""
+        before, self.saving = self.saving, True
+        try:
+            yield
+        finally:
+            self.saving = before
 
     @property
     def requeue_wanted(self) -> bool:
@@ -62,6 +95,7 @@ class StopFlag:
         everywhere). Collective when distributed: a one-element all-reduce and a CPU-GPU sync
         point, once per optimizer update."""
         if accelerator.num_processes == 1:
+            self.saving = self.saving or self.signal_name is not None
             return self.signal_name is not None
         code = _CODE.get(self.signal_name, 0.0)
         flag = torch.tensor([code], device=accelerator.device)
@@ -69,14 +103,29 @@ class StopFlag:
         agreed = flag.item()
         if agreed > 0:
             self.signal_name = next(name for name, c in _CODE.items() if c == agreed)
+            self.saving = True  # from here on the stop's save and exit run: see _handle
         return agreed > 0
 
 
 def ignore_in_workers() -> None:
-    """DataLoader workers leave SIGUSR1/SIGTERM to their process: Slurm signals every process
-    of a job, and a worker killed by it would end the run before the checkpoint."""
+    """DataLoader workers leave SIGUSR1/SIGTERM/SIGINT to their process: Slurm signals every
+    process of a job and Ctrl-C the terminal's whole process group, and a worker ended by it
+    would end the run before the checkpoint."""
     for sig in SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+def ignore_ctrl_c() -> None:
+    """Initializer of helper process pools (image checks, the pixel cache): Ctrl-C is the
+    parent's to handle; a worker would print a KeyboardInterrupt traceback each."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _say(text: str) -> None:
+    """From a signal handler: one unbuffered write (print could re-enter a stream the handler
+    interrupted, e.g. a progress bar's), and only on the main rank."""
+    if os.environ.get("RANK", "0") == "0":
+        os.write(sys.stderr.fileno(), f"\n{text}\n".encode())
 
 
 def slurm_job_id() -> str | None:

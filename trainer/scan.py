@@ -17,6 +17,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -204,12 +205,23 @@ def _check_in_pool(
 ) -> dict[str, str | None]:
     chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
     out: dict[str, str | None] = {}
-    with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=_mp_context()) as pool:
+    # Workers leave Ctrl-C to this process (else each prints a KeyboardInterrupt traceback);
+    # on an interruption the chunks not started are dropped, not decoded before exiting.
+    pool = ProcessPoolExecutor(
+        min(workers, len(chunks)), mp_context=_mp_context(), initializer=_ignore_ctrl_c
+    )
+    try:
         for future in as_completed([pool.submit(_check_chunk, c, limit) for c in chunks]):
             part = future.result()
             out.update(part)
             bar.update(len(part))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return out
+
+
+def _ignore_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
@@ -259,5 +271,7 @@ def _write_cache(path: Path, entries: dict[str, list]) -> None:
             json.dump(doc, f, ensure_ascii=False, separators=(",", ":"))
         os.replace(tmp, path)
     except OSError:
+        pass
+    finally:  # also when interrupted (Ctrl-C) mid-write: no temp file is left behind
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)

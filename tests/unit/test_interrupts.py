@@ -1,0 +1,148 @@
+"""Ctrl-C: in training a stop with a checkpoint (a second one quits, unless the save has begun);
+an interrupted cache build leaves no temp folder or file, and dead builds' leftovers are removed."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from tests.conftest import make_folder
+from trainer import fastdata
+from trainer import scan as scan_module
+from trainer.config import DataConfig
+from trainer.data import list_images
+from trainer.preemption import StopFlag
+
+ONE_PROCESS = SimpleNamespace(num_processes=1)
+
+
+@pytest.fixture
+def flag():
+    stop = StopFlag()
+    stop.install()
+    yield stop
+    stop.uninstall()
+
+
+def test_ctrl_c_in_training_sets_the_stop_flag_and_says_so(flag, capfd):
+    signal.raise_signal(signal.SIGINT)  # the handler runs before this returns: no exception
+    assert flag.signal_name == "SIGINT" and not flag.requeue_wanted
+    assert "Ctrl-C: saving a checkpoint at the next step" in capfd.readouterr().err
+    assert flag.agreed(ONE_PROCESS)
+
+
+def test_a_second_ctrl_c_before_the_save_quits_at_once(flag):
+    signal.raise_signal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_a_second_ctrl_c_once_the_save_began_only_asks_to_wait(flag, capfd):
+    signal.raise_signal(signal.SIGINT)
+    assert flag.agreed(ONE_PROCESS)  # the stop is decided: the save and exit follow
+    signal.raise_signal(signal.SIGINT)
+    signal.raise_signal(signal.SIGINT)
+    assert capfd.readouterr().err.count("saving the checkpoint, please wait") == 2
+    assert flag.signal_name == "SIGINT"
+
+
+def test_ctrl_c_during_a_periodic_save_waits_for_it(flag, capfd):
+    signal.raise_signal(signal.SIGTERM)  # first signal: a stop is pending
+    with flag.saving_checkpoint():
+        signal.raise_signal(signal.SIGINT)
+    assert "please wait" in capfd.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)  # the save is over: out now
+
+
+def test_signals_are_restored_after_training(flag):
+    flag.uninstall()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_loader_workers_ignore_ctrl_c():
+    code = (
+        "import os, signal; from trainer.preemption import ignore_in_workers; ignore_in_workers(); "
+        "[os.kill(os.getpid(), s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]; "
+        "print('alive')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "alive", out.stderr
+
+
+# --------------------------------------------------------------------------- pixel cache build
+
+
+def _build(tmp_path, workers=1):
+    """A build of 6 images; with 1 worker they are decoded in 3 jobs of 2."""
+    paths = list_images(make_folder(tmp_path / "img", ["a", "b"], 3))
+    pre = fastdata.Preprocessing(24, 28, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    cfg = DataConfig(cache_dir=str(tmp_path / "cache"))
+    return lambda: fastdata.build(paths, pre, cfg, workers, say=lambda _: None)
+
+
+def test_an_interrupted_pixel_cache_build_leaves_no_temp_folder(tmp_path, monkeypatch):
+    build = _build(tmp_path)
+    calls = []
+
+    def interrupted(job):
+        calls.append(job)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(job)
+
+    original = fastdata._fill
+    monkeypatch.setattr(fastdata, "_fill", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build()
+    assert os.listdir(tmp_path / "cache") == []
+    monkeypatch.undo()
+    cache = build()  # and the next run builds it whole
+    assert (cache.folder / "meta.json").is_file() and os.listdir(tmp_path / "cache") == [
+        cache.folder.name
+    ]
+
+
+def test_stale_builds_of_dead_processes_are_removed_live_ones_kept(tmp_path):
+    host, now = socket.gethostname(), time.time()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = {
+        "dead-here": f"k1.tmp-{host}-{dead.pid}",
+        "live-here": f"k2.tmp-{host}-{os.getpid()}",
+        "other-host-recent": "k3.tmp-node-17-4242",
+        "other-host-old": "k4.tmp-node-17-4243",
+        "old-format-recent": "k5.tmp-4244",
+        "a-finished-cache": "k6",
+    }
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "pixels.u8").write_bytes(b"\0")
+    old = now - fastdata.STALE_AFTER_S - 60
+    for p in [tmp_path / names["other-host-old"], *(tmp_path / names["other-host-old"]).iterdir()]:
+        os.utime(p, (old, old))
+    removed = fastdata.remove_stale_builds(tmp_path, now=now)
+    assert sorted(p.name for p in removed) == sorted([names["dead-here"], names["other-host-old"]])
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        names[k]
+        for k in ("live-here", "other-host-recent", "old-format-recent", "a-finished-cache")
+    )
+
+
+# --------------------------------------------------------------------------- scan verdict cache
+
+
+def test_an_interrupted_scan_cache_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scan_module.json, "dump", interrupted)
+    target = tmp_path / "scan" / "cache.json"
+    with pytest.raises(KeyboardInterrupt):
+        scan_module._write_cache(target, {"x": [1, 2, None, None]})
+    assert os.listdir(tmp_path / "scan") == []
