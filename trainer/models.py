@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from trainer.config import ConfigError, ModelConfig
-from trainer.errors import writing
+from trainer.errors import WRITE_ERRNOS, writing
 from trainer.files import apply_umask
 from trainer.safeload import ModelError, load_safetensors, load_torch_weights
 from trainer.transforms import IMAGENET, Preprocessing
@@ -174,6 +174,8 @@ def _download_torchvision_weights(arch: str, weights_enum: Any) -> dict[str, tor
         # elsewhere too.
         return weights_enum.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except OSError as e:  # URLError, socket errors, hash mismatch
+        if e.errno in WRITE_ERRNOS:  # the cache's disk is full or read-only: say that instead
+            raise OSError(e.errno, e.strerror, str(cached)) from None
         raise ModelError(f"could not download ({e}): {help_text}") from None
 
 

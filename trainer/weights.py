@@ -7,12 +7,16 @@ instead, for `model.pretrained=DIR/FILE` on the compute nodes.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import torch
 
+from trainer.errors import WRITE_ERRNOS, writing
 from trainer.models import ModelError
+
+LOCAL_ERRNOS = WRITE_ERRNOS | {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
 
 
 def torchvision_cache() -> Path:
@@ -84,6 +88,8 @@ def download(name: str, to: str | None = None) -> Path:
             try:
                 torch.hub.download_url_to_file(weights.url, str(target), progress=True)
             except OSError as e:
+                if e.errno in LOCAL_ERRNOS:  # the disk said no, not the network
+                    raise OSError(e.errno, e.strerror, str(target)) from None
                 raise ModelError(
                     f"could not download {weights.url} ({e}); is this machine online?"
                 ) from None
@@ -103,6 +109,7 @@ def download(name: str, to: str | None = None) -> Path:
 
         target = Path(to) / f"{arch}.safetensors"
         target.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, target)
+        with writing(target):
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, target)
         return target
     raise ModelError(f"expected torchvision/<arch> or timm/<arch>, got {name!r}")

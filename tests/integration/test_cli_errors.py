@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_folder, train_smoke
+from tests.conftest import accelerate_launch, make_folder, train_smoke
 from trainer import errors
 from trainer.cli import main
 
@@ -203,3 +203,18 @@ def test_a_training_run_into_a_full_disk_exits_2_naming_the_mount(images, full_d
     assert f"no space left on {full_disk} (tmpfs)" in line and str(run) in line, line
     assert "output_dir=" in line
     assert errors.mount_point(run) == str(full_disk)
+
+
+def test_on_two_processes_every_rank_exits_2_and_one_line_is_printed(model_dir, tmp_path):
+    bad = [tmp_path / "x.jpg", tmp_path / "y.png", tmp_path / "z.png"]
+    for p in bad:
+        p.write_bytes(b"garbage")
+    args = ("predict", str(model_dir), *map(str, bad), "--num-workers", "0")
+    proc = accelerate_launch("-m", "trainer", *args, "--out", str(tmp_path / "p.csv"))
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    # the launcher prints its own ChildFailedError traceback; none comes from trainer's code
+    assert f"{os.sep}trainer{os.sep}" not in proc.stderr.split("ChildFailedError")[0]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("trainer predict:")]
+    assert len(lines) == 1 and "none of the 3 images could be read" in lines[0], proc.stderr
+    # the first rank to exit 2 is reported; the launcher may stop the other one with a signal
+    assert "exitcode  : 2 " in proc.stderr and "exitcode  : 1 " not in proc.stderr

@@ -88,12 +88,18 @@ def test_batch_size_1_names_batchnorm_and_the_fix():
     assert load_config(None, ["train.batch_size=2"]).train.batch_size == 2
 
 
-def test_a_bare_folder_as_override_suggests_data_root(tmp_path, monkeypatch):
+def test_a_bare_folder_as_override_suggests_data_root(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "photos").mkdir()
     for arg in ("photos/", "photos"):
         with pytest.raises(ConfigError, match=f"data.root={arg}"):
             load_config(None, [arg])
+    assert main(["train", "photos/"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "trainer train: error: 'photos/' is not a key=value override; "
+        "for the image folder write data.root=photos/"
+    ]
 
 
 def test_a_config_file_that_is_not_text_is_a_config_error(tmp_path):
