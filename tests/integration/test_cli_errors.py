@@ -218,3 +218,31 @@ def test_on_two_processes_every_rank_exits_2_and_one_line_is_printed(model_dir, 
     assert len(lines) == 1 and "none of the 3 images could be read" in lines[0], proc.stderr
     # the first rank to exit 2 is reported; the launcher may stop the other one with a signal
     assert "exitcode  : 2 " in proc.stderr and "exitcode  : 1 " not in proc.stderr
+
+
+def test_predict_out_below_a_file_exits_2_naming_the_path(model_dir, images, capsys):
+    (images.parent / "notes.txt").write_text("mine", encoding="utf-8")
+    out = images.parent / "notes.txt" / "sub" / "p.csv"
+    argv = ["predict", str(model_dir), str(images), "--out", str(out), "--num-workers", "0"]
+    assert main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err, "predict")
+    assert str(images.parent / "notes.txt") in line and "not a folder" in line, line
+    assert (images.parent / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+def test_predict_into_a_read_only_file_system_exits_2_naming_the_mount(
+    model_dir, images, tmp_path, capsys
+):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    cmd = ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)]
+    if subprocess.run(cmd, capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        out = mount / "p.csv"
+        argv = ["predict", str(model_dir), str(images), "--out", str(out), "--num-workers", "0"]
+        assert main(argv) == 2
+        line = _one_error_line(capsys.readouterr().err, "predict")
+        assert f"read-only file system ({mount})" in line and str(mount) in line, line
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
