@@ -46,12 +46,13 @@ from trainer import (
     optim,
     plots,
     report,
+    rundir,
     runtime,
 )
 from trainer.config import ConfigError, PhaseConfig, RunConfig
 from trainer.ema import ModelEMA
 from trainer.preemption import EXIT_PREEMPTED, Preempted, StopFlag, ignore_in_workers, requeue
-from trainer.resume import Position, Resume, prepare_run_dir
+from trainer.resume import Position, Resume, continue_run, prepare_run_dir
 from trainer.safeload import load_safetensors
 from trainer.sampling import EpochBatchSampler, SeededView
 from trainer.tracking import Tracker, accelerate_log_with
@@ -221,11 +222,14 @@ def _summary_of(result: dict, prefix: str) -> dict:
 class Run:
     """Everything one training run holds; `fit()` and `final_eval()` read top to bottom."""
 
-    def __init__(self, cfg: RunConfig, accelerator: Accelerator):
+    def __init__(self, cfg: RunConfig, accelerator: Accelerator, claim: rundir.Claim):
         self.cfg = cfg
         self.accelerator = accelerator
         self.print = self.accelerator.print
-        self.run_dir, self.resume = prepare_run_dir(cfg, self.accelerator)
+        self.claim = claim
+        # Everything that can be checked is checked before output_dir is touched: a typo in
+        # data.root or model.name must not cost the finished run that output_dir holds.
+        rundir.check_placement(cfg.output_dir, cfg.data.root)
         set_seed(cfg.train.seed)  # the same initial weights on every rank
         if cfg.data.max_image_pixels:  # what the scan let through, the loader must open
             PIL.Image.MAX_IMAGE_PIXELS = cfg.data.max_image_pixels
@@ -236,7 +240,10 @@ class Run:
         self.class_names = self.index.class_names
         with self.accelerator.main_process_first():  # one download of pretrained weights
             self.model, pre = models.build_model(cfg.model, len(self.class_names))
+        claim.acquire()  # refuses a folder that is not a run's or is in use; locks it
+        self.run_dir, self.resume = prepare_run_dir(cfg, self.accelerator)
         if self.resume:
+            continue_run(self.run_dir, self.resume, self.index, self.accelerator)
             self.model.load_state_dict(self.resume.payload.model)
         # Distinct augmentation randomness per rank from here on (the weights are already equal).
         set_seed(cfg.train.seed + accelerator.process_index)
@@ -690,9 +697,11 @@ class Run:
             rank_state={"rng": checkpoint.rng_state(), "sums": sums},
         )
         ck = self.cfg.checkpoint
-        return checkpoint.save(
+        saved = checkpoint.save(
             a, self.run_dir / "checkpoints", p.step, payload, ck.keep_last, ck.keep_best
         )
+        self.claim.replaced()  # the run can continue on its own: an old run kept aside goes
+        return saved
 
     def _select(self, model, val: dict, ema_val: dict) -> bool:
         """Keep the better of the trained and the EMA weights if it beats the best so far
@@ -831,9 +840,10 @@ def run(cfg: RunConfig) -> dict:
     and exits with EXIT_PREEMPTED; rerunning the same command continues from the checkpoint.
     """
     accelerator = make_accelerator(cfg)
+    claim = rundir.Claim(cfg.output_dir, accelerator)
     ok = False
     try:
-        r = Run(cfg, accelerator)
+        r = Run(cfg, accelerator, claim)
         start = time.perf_counter()
         try:
             r.fit()
@@ -872,6 +882,9 @@ def run(cfg: RunConfig) -> dict:
         _name_rank(accelerator, e, cfg)
         raise
     finally:
+        # Unlocked on every way out (also exit 75); a run that failed before its first
+        # checkpoint puts back the run it was replacing.
+        claim.release(succeeded=ok)
         runtime.shutdown(accelerator, barrier=ok)
 
 
@@ -887,8 +900,8 @@ def _stopped(r: Run, e: Preempted) -> None:
 
 def _name_rank(accelerator, error: Exception, cfg: RunConfig) -> None:
     """With several processes, say which one failed and, for a failed collective, why."""
-    if accelerator.num_processes == 1:
-        return
+    if accelerator.num_processes == 1 or isinstance(error, ConfigError):
+        return  # a ConfigError is every rank's (rundir.agree): the one error line says it all
     where = (
         f"rank {accelerator.process_index} of {accelerator.num_processes} on {socket.gethostname()}"
     )

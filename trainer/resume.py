@@ -4,41 +4,28 @@ checkpoint.resume=auto (the default) continues an unfinished run from its newest
 undamaged checkpoint, so rerunning the same command (by hand, or a requeued Slurm job) picks up
 where it stopped. A finished run (summary.json) is never touched without overwrite=true. The
 settings that shape the weights must match the run being continued; those that do not (workers,
-logging, tracking, retention) may change.
+logging, tracking, retention) may change, and so must the data: the files of every split are
+compared with the run's splits.csv. All of it runs after the inputs were checked and the folder
+was locked (trainer.rundir), and nothing is written before the decision is made.
 """
 
 from __future__ import annotations
 
+import collections
+import csv
 import json
-import shutil
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from accelerate.utils import broadcast_object_list
 
-from trainer import checkpoint, runtime
+from trainer import checkpoint, data, rundir, runtime
 from trainer.config import ConfigError, RunConfig, dump_yaml, flat_dict, to_dict
-
-RUN_FILES = (
-    "report.json",
-    "report.md",
-    "plots",
-    "config.yaml",
-    "env.json",
-    "metrics.jsonl",
-    "summary.json",
-    "splits.csv",
-    "bad_files.csv",
-    "resumes.jsonl",
-    "wandb_run.json",
-    "wandb",
-    "checkpoints",
-    "model",
-)
+from trainer.rundir import RUN_FILES  # noqa: F401 - the names a run writes, kept importable here
 
 # Keys that may differ between the interrupted run and its continuation.
 FREE_KEYS = (
@@ -76,28 +63,18 @@ class Resume:
 
 
 def prepare_run_dir(cfg: RunConfig, accelerator) -> tuple[Path, Resume | None]:
-    """Decide fresh start or resume (on the main process, told to all), then set the folder up."""
-    run_dir = Path(cfg.output_dir)
-    decision: list[Any] = [None]
-    if accelerator.is_main_process:
-        try:
-            decision[0] = ("ok", _choose(cfg, run_dir, accelerator.print))
-        except ConfigError as e:
-            decision[0] = ("error", str(e))
-    broadcast_object_list(decision, from_process=0)
-    kind, chosen = decision[0]
-    if kind == "error":
-        raise ConfigError(chosen)
+    """Decide fresh start or resume (on the main process, told to all), then set the folder up.
+
+    Called with output_dir locked (rundir.Claim); a resume is then confirmed by `continue_run`.
+    """
+    run_dir = Path(cfg.output_dir).expanduser()
+    chosen = rundir.agree(accelerator, lambda: _choose(cfg, run_dir, accelerator.print))
     if chosen is None:
         _fresh(cfg, run_dir, accelerator)
         return run_dir, None
     folder = Path(chosen)
     payload = checkpoint.load(folder, accelerator.process_index)
     state = payload.trainer_state
-    if accelerator.is_main_process:
-        _check_same_settings(cfg, folder)
-        _record_resume(run_dir, folder, state, accelerator.num_processes)
-    accelerator.wait_for_everyone()
     same_world = state["world_size"] == accelerator.num_processes
     if same_world and "rng" not in payload.rank_state:  # never continue with RNG silently reset
         raise ConfigError(
@@ -122,18 +99,19 @@ def _choose(cfg: RunConfig, run_dir: Path, say) -> str | None:
     finished = (run_dir / "summary.json").exists()
     if cfg.overwrite:
         return None
+    if finished:  # also for checkpoint.resume=PATH: continuing would write over it
+        raise ConfigError(
+            f"output_dir: {str(run_dir)!r} already holds a finished run; pick another "
+            f"output_dir, or pass overwrite=true to replace it"
+        )
     if ck.resume not in ("auto", "never"):
         folder = Path(ck.resume).expanduser()
         try:
             checkpoint.verify(folder)
         except checkpoint.CheckpointError as e:
             raise ConfigError(f"checkpoint.resume: {e}") from None
+        _check_same_settings(cfg, folder)
         return str(folder)
-    if finished:
-        raise ConfigError(
-            f"output_dir: {str(run_dir)!r} already holds a finished run; pick another "
-            f"output_dir, or pass overwrite=true to replace it"
-        )
     if not checkpoint.complete_checkpoints(checkpoints):
         return None  # nothing to continue: leftovers of a run that died before its first save
     if ck.resume == "never":
@@ -146,22 +124,22 @@ def _choose(cfg: RunConfig, run_dir: Path, say) -> str | None:
         raise ConfigError(
             f"output_dir: every checkpoint in {checkpoints} is damaged; pass overwrite=true to start over"
         )
+    _check_same_settings(cfg, found[0])
     say(f"resuming from {found[0]} (step {found[1]['step']}, epoch {found[1]['epoch']})")
     return str(found[0])
 
 
 def _fresh(cfg: RunConfig, run_dir: Path, accelerator) -> None:
-    """Clear what an earlier run left, then write config.yaml and env.json (main process)."""
-    accelerator.wait_for_everyone()  # every rank has decided before the main one deletes
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for name in RUN_FILES:
-            target = run_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    """Move an earlier run aside (kept until this one's first checkpoint), then write the
+    manifest, config.yaml and env.json (main process)."""
+
+    def start() -> None:
+        rundir.start_fresh(run_dir, say=accelerator.print)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
         env = runtime.provenance(accelerator.num_processes, accelerator.device)
         (run_dir / "env.json").write_text(json.dumps(env, indent=2), encoding="utf-8")
-    accelerator.wait_for_everyone()
+
+    rundir.agree(accelerator, start)
 
 
 def _shaping(flat: dict[str, Any]) -> dict[str, Any]:
@@ -187,9 +165,65 @@ def _check_same_settings(cfg: RunConfig, folder: Path) -> None:
         )
 
 
+def continue_run(run_dir: Path, resume: Resume, index, accelerator) -> None:
+    """Confirm a resume: the same data as when the run started, then record it (main process)."""
+
+    def confirm() -> None:
+        check_same_data(resume.folder.parent.parent / "splits.csv", index)
+        rundir.adopt(run_dir)  # the manifest of a folder continued by this version
+        _record_resume(run_dir, resume.folder, resume.state, accelerator.num_processes)
+
+    rundir.agree(accelerator, confirm)
+
+
+def _split_rows(path: Path) -> dict[tuple[str, str], str]:
+    """{(split, path): label} of a splits.csv."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return {(r["split"], r["path"]): r["label"] for r in csv.DictReader(f)}
+
+
+def check_same_data(saved_csv: Path, index) -> None:
+    """Refuse to continue a run whose images changed since it started (RUN_DIR/splits.csv)."""
+    if not saved_csv.is_file():
+        return  # a run that stopped before writing it has no batches to continue either
+    with tempfile.TemporaryDirectory() as tmp:  # written as the run writes it: same paths
+        data.write_splits_csv(index, Path(tmp) / "splits.csv")
+        now = _split_rows(Path(tmp) / "splits.csv")
+    try:
+        saved = _split_rows(saved_csv)
+    except (KeyError, ValueError, csv.Error) as e:
+        raise ConfigError(f"{saved_csv}: cannot be read ({e})") from None
+    changes = _describe_changes(saved, now)
+    if changes:
+        raise ConfigError(
+            f"data.root: the images changed since this run started ({changes}; compared with "
+            f"{saved_csv}); restore them to continue the run, or start over with overwrite=true "
+            f"or another output_dir"
+        )
+
+
+def _describe_changes(saved: dict, now: dict) -> str:
+    """'3 files added to train, 1 removed from val; first ones: + train/x.png, ...' or ''."""
+    added = sorted(k for k in now.keys() - saved.keys())
+    removed = sorted(k for k in saved.keys() - now.keys())
+    relabelled = sorted(k for k in now.keys() & saved.keys() if now[k] != saved[k])
+    counts: list[str] = []
+    for what, keys in (("added to", added), ("removed from", removed)):
+        per_split = collections.Counter(split for split, _ in keys)
+        counts += [
+            f"{n} file{'s' if n > 1 else ''} {what} {split}" for split, n in per_split.items()
+        ]
+    if relabelled:
+        counts.append(f"{len(relabelled)} with another label")
+    if not counts:
+        return ""
+    first = [f"+ {p}" for _, p in added] + [f"- {p}" for _, p in removed]
+    first += [f"{p}: {saved[(s, p)]} -> {now[(s, p)]}" for s, p in relabelled]
+    return f"{', '.join(counts)}; first ones: {', '.join(first[:5])}"
+
+
 def _record_resume(run_dir: Path, folder: Path, state: dict, world_size: int) -> None:
     """RUN_DIR/resumes.jsonl: one line per continuation, so the run folder tells its history."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     line = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": socket.gethostname(),

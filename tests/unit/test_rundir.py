@@ -1,0 +1,267 @@
+"""The run folder's manifest, lock and kept-aside old run (trainer.rundir), without training."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from trainer import rundir
+from trainer.config import ConfigError
+from trainer.resume import _describe_changes
+
+
+def tree(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): "dir"
+        if p.is_dir()
+        else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def fake_run(folder: Path, manifest: bool = True, tag: str = "old") -> Path:
+    """A finished run's entries (small stand-ins) as this program writes them."""
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "model.safetensors").write_text(f"{tag} weights")
+    (folder / "checkpoints" / "step-00000004").mkdir(parents=True)
+    (folder / "checkpoints" / "step-00000004" / "COMPLETE").write_text("{}")
+    (folder / "config.yaml").write_text(f"data: {{root: x}}\nmodel: {{}}\ntrain: {{}}\n# {tag}\n")
+    (folder / "env.json").write_text("{}")
+    (folder / "summary.json").write_text(json.dumps({"run": tag}))
+    if manifest:
+        rundir.write_manifest(folder, [])
+    return folder
+
+
+def accelerator(lines: list[str]):
+    return SimpleNamespace(is_main_process=True, num_processes=1, print=lines.append)
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def test_output_dir_inside_or_equal_to_data_root_is_refused(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    for out in (root, root / "runs" / "a"):
+        with pytest.raises(ConfigError, match="output_dir: .* is inside data.root"):
+            rundir.check_placement(str(out), str(root))
+    rundir.check_placement(str(tmp_path / "runs" / "a"), str(root))
+
+
+def test_output_dir_reached_through_a_symlink_into_data_root_is_refused(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    (tmp_path / "link").symlink_to(root)
+    with pytest.raises(ConfigError, match="inside data.root"):
+        rundir.check_placement(str(tmp_path / "link" / "run"), str(root))
+
+
+def test_data_root_inside_output_dir_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="data.root: .* is inside output_dir"):
+        rundir.check_placement(str(tmp_path), str(tmp_path / "run" / "images"))
+
+
+# --------------------------------------------------------------------------- what a folder is
+
+
+def test_a_missing_or_empty_folder_or_one_with_only_a_stale_lock_is_new(tmp_path):
+    assert rundir.inspect(tmp_path / "missing").kind == "new"
+    (tmp_path / rundir.LOCK).write_text("{}")
+    assert rundir.inspect(tmp_path).kind == "new"
+
+
+def test_a_folder_of_other_files_is_foreign_and_refused(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "config.yaml").write_text("mine: 1\n")
+    contents = rundir.inspect(tmp_path)
+    assert contents.kind == "foreign"
+    with pytest.raises(ConfigError, match="not a run folder .*'config.yaml', 'model'"):
+        rundir.refuse_unless_run(tmp_path, contents)
+
+
+def test_an_older_versions_run_counts_only_entries_of_the_right_kind(tmp_path):
+    fake_run(tmp_path, manifest=False)
+    (tmp_path / "plots").write_text("a file where the run writes a folder: not the run's")
+    contents = rundir.inspect(tmp_path)
+    assert contents.kind == "old-run"
+    assert "model" in contents.recorded and "plots" not in contents.recorded
+    assert contents.strangers == ["plots"]
+    with pytest.raises(ConfigError, match="'plots', which this program did not write"):
+        rundir.refuse_unless_run(tmp_path, contents)
+
+
+def test_a_damaged_manifest_is_refused_not_guessed(tmp_path):
+    (tmp_path / rundir.MANIFEST).write_text('{"entries": ["../x"]}')
+    with pytest.raises(ConfigError, match="cannot be read"):
+        rundir.inspect(tmp_path)
+
+
+# --------------------------------------------------------------------------- replacing a run
+
+
+def test_a_replacement_that_fails_puts_the_old_run_back_exactly(tmp_path):
+    run = fake_run(tmp_path / "run")
+    (run / "notes.txt").write_text("mine")
+    before = tree(run)
+    rundir.start_fresh(run, say=print)
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt", rundir.ASIDE, rundir.MANIFEST]
+    for name in ("config.yaml", "metrics.jsonl"):  # the new run starts writing
+        (run / name).write_text("new")
+    done, note = rundir.undo_replacement(run)
+    assert done and "back in place" in note
+    assert tree(run) == before
+
+
+def test_a_replacement_that_succeeds_deletes_only_the_old_runs_entries(tmp_path):
+    run = fake_run(tmp_path / "run")
+    (run / "notes.txt").write_text("mine")
+    rundir.start_fresh(run, say=print)
+    (run / "summary.json").write_text("new")
+    rundir.finish_replacement(run)
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt", "summary.json", rundir.MANIFEST]
+
+
+def test_an_older_versions_run_is_replaced_like_any_run(tmp_path):
+    run = fake_run(tmp_path / "run", manifest=False)
+    rundir.start_fresh(run, say=print)
+    assert (run / rundir.ASIDE / "model" / "model.safetensors").read_text() == "old weights"
+    assert (run / rundir.ASIDE / rundir.MANIFEST).exists()  # adopted, then moved with it
+
+
+def test_a_start_killed_while_moving_the_old_run_aside_is_undone_next_time(tmp_path):
+    run = fake_run(tmp_path / "run")
+    before = tree(run)
+    (run / rundir.ASIDE).mkdir()
+    os.rename(run / "model", run / rundir.ASIDE / "model")  # killed after one move
+    rundir.resolve_leftovers(run, say=print)
+    assert tree(run) == before
+
+
+def test_a_replacing_run_killed_before_its_first_checkpoint_is_undone_next_time(tmp_path):
+    run = fake_run(tmp_path / "run")
+    before = tree(run)
+    rundir.start_fresh(run, say=print)
+    (run / "metrics.jsonl").write_text("new run's events")  # then kill -9
+    notes: list[str] = []
+    rundir.resolve_leftovers(run, say=notes.append)
+    assert "back in place" in notes[0]
+    assert tree(run) == before
+
+
+def test_an_interrupted_deletion_of_the_old_run_is_finished_next_time(tmp_path):
+    run = fake_run(tmp_path / "run")
+    rundir.start_fresh(run, say=print)
+    os.rename(run / rundir.ASIDE, run / rundir.DROP)  # killed during finish_replacement
+    rundir.resolve_leftovers(run, say=print)
+    assert not (run / rundir.DROP).exists() and not (run / rundir.ASIDE).exists()
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+def lock_of(pid: int, host: str | None = None, **extra) -> dict:
+    return {"host": host or socket.gethostname(), "pid": pid, "since": "T0", **extra}
+
+
+def test_the_lock_names_its_holder_and_refuses_a_second_run(tmp_path):
+    mine = rundir.take_lock(tmp_path, say=print)
+    assert mine["pid"] == os.getpid() and mine["host"] == socket.gethostname()
+    with pytest.raises(ConfigError, match=f"in use by the run of pid {os.getpid()} on host"):
+        rundir.take_lock(tmp_path, say=print)
+    rundir.release_lock(tmp_path, mine)
+    assert not (tmp_path / rundir.LOCK).exists()
+
+
+def test_a_lock_of_a_dead_process_on_this_host_is_taken_over_with_a_note(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / rundir.LOCK).write_text(json.dumps(lock_of(dead.pid)))
+    notes: list[str] = []
+    mine = rundir.take_lock(tmp_path, say=notes.append)
+    assert f"pid {dead.pid}" in notes[0] and "has ended" in notes[0]
+    assert json.loads((tmp_path / rundir.LOCK).read_text())["token"] == mine["token"]
+
+
+def test_a_lock_from_another_host_is_refused_with_how_to_clear_it(tmp_path):
+    (tmp_path / rundir.LOCK).write_text(json.dumps(lock_of(1, host="node-17")))
+    with pytest.raises(ConfigError, match="on host node-17 since T0.*delete .*trainer.lock"):
+        rundir.take_lock(tmp_path, say=print)
+
+
+def test_a_requeued_slurm_job_takes_over_the_lock_of_its_earlier_start(tmp_path, monkeypatch):
+    (tmp_path / rundir.LOCK).write_text(
+        json.dumps(lock_of(1, host="node-17", slurm_job="42", slurm_restart=0))
+    )
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    notes: list[str] = []
+    rundir.take_lock(tmp_path, say=notes.append)
+    assert "Slurm job 42" in notes[0]
+
+
+def test_releasing_leaves_another_runs_lock_alone(tmp_path):
+    (tmp_path / rundir.LOCK).write_text(json.dumps(lock_of(1, token="theirs")))
+    rundir.release_lock(tmp_path, {"token": "mine"})
+    assert (tmp_path / rundir.LOCK).exists()
+
+
+def test_a_claim_refused_for_a_foreign_folder_writes_nothing(tmp_path):
+    (tmp_path / "thesis.tex").write_text("mine")
+    claim = rundir.Claim(str(tmp_path), accelerator([]))
+    with pytest.raises(ConfigError, match="not a run folder"):
+        claim.acquire()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]
+
+
+def test_a_claim_on_a_new_folder_that_fails_removes_the_folder_again(tmp_path):
+    claim = rundir.Claim(str(tmp_path / "a" / "run"), accelerator([]))
+    claim.acquire()
+    assert (tmp_path / "a" / "run" / rundir.LOCK).exists()
+    claim.release(succeeded=False)
+    assert not (tmp_path / "a" / "run").exists()
+
+
+# --------------------------------------------------------------------------- same data on resume
+
+
+def test_changed_data_is_described_per_split_with_the_first_files():
+    saved = {("train", "a/1.png"): "a", ("train", "a/2.png"): "a", ("val", "b/1.png"): "b"}
+    now = {("train", "a/1.png"): "a", ("train", "a/3.png"): "a", ("train", "a/4.png"): "a"}
+    text = _describe_changes(saved, now)
+    assert text.startswith(
+        "2 files added to train, 1 file removed from train, 1 file removed from val"
+    )
+    assert "+ a/3.png" in text and "- b/1.png" in text
+    assert _describe_changes(saved, dict(saved)) == ""
+
+
+def test_a_run_that_fails_after_moving_the_old_run_aside_puts_it_back_on_release(tmp_path):
+    run = fake_run(tmp_path / "run")
+    before = tree(run)
+    lines: list[str] = []
+    claim = rundir.Claim(str(run), accelerator(lines))
+    claim.acquire()
+    rundir.start_fresh(run, say=lines.append)
+    (run / "config.yaml").write_text("the new run's")
+    claim.release(succeeded=False)  # e.g. an error in the first epoch
+    assert tree(run) == before
+    assert any("back in place" in line for line in lines)
+
+
+def test_a_run_that_got_its_first_checkpoint_keeps_it_and_drops_the_old_run(tmp_path):
+    run = fake_run(tmp_path / "run")
+    claim = rundir.Claim(str(run), accelerator([]))
+    claim.acquire()
+    rundir.start_fresh(run, say=print)
+    (run / "checkpoints").mkdir()
+    claim.replaced()
+    claim.release(succeeded=False)  # a later failure keeps the new run's checkpoint
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", rundir.MANIFEST]
