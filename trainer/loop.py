@@ -240,11 +240,7 @@ class Run:
         self.class_names = self.index.class_names
         with self.accelerator.main_process_first():  # one download of pretrained weights
             self.model, pre = models.build_model(cfg.model, len(self.class_names))
-        claim.acquire()  # refuses a folder that is not a run's or is in use; locks it
-        self.run_dir, self.resume = prepare_run_dir(cfg, self.accelerator)
-        if self.resume:
-            continue_run(self.run_dir, self.resume, self.index, self.accelerator)
-            self.model.load_state_dict(self.resume.payload.model)
+        self._open_run_dir()
         # Distinct augmentation randomness per rank from here on (the weights are already equal).
         set_seed(cfg.train.seed + accelerator.process_index)
         self.pre: Preprocessing = pre.with_size(cfg.data.image_size)
@@ -289,6 +285,15 @@ class Run:
         self._describe()
         if self.resume:
             self._restore_progress(self.resume)
+
+    def _open_run_dir(self) -> None:
+        """Lock output_dir (refusing one that is not a run's or is in use), then start fresh
+        or continue the run there: the first time anything in it is written or moved."""
+        self.claim.acquire()
+        self.run_dir, self.resume = prepare_run_dir(self.cfg, self.accelerator)
+        if self.resume:
+            continue_run(self.run_dir, self.resume, self.index, self.accelerator)
+            self.model.load_state_dict(self.resume.payload.model)
 
     def _pixel_caches(self) -> tuple[dict | None, fastdata.DeviceTransform | None]:
         """The uint8 cache of every split when the cached pipeline is chosen (data.pipeline)."""

@@ -4,7 +4,7 @@ checkpoint.resume=auto (the default) continues an unfinished run from its newest
 undamaged checkpoint, so rerunning the same command (by hand, or a requeued Slurm job) picks up
 where it stopped. A finished run (summary.json) is never touched without overwrite=true. The
 settings that shape the weights must match the run being continued; those that do not (workers,
-logging, tracking, retention) may change, and so must the data: the files of every split are
+logging, tracking, retention) may change. The data must not: the files of every split are
 compared with the run's splits.csv. All of it runs after the inputs were checked and the folder
 was locked (trainer.rundir), and nothing is written before the decision is made.
 """

@@ -127,6 +127,15 @@ def _listing(run_dir: Path) -> list[str]:
     )
 
 
+def _plain_name(name: object) -> bool:
+    """A name of an entry directly in the folder (never '..', a path, or one of OWN)."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..", *OWN)
+        and not any(c in name for c in ("/", "\\", "\0"))
+    )
+
+
 def read_manifest(run_dir: Path) -> dict | None:
     """The manifest, or None when there is none; raises ConfigError for a damaged one."""
     path = run_dir / MANIFEST
@@ -135,7 +144,7 @@ def read_manifest(run_dir: Path) -> dict | None:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         entries = manifest["entries"]
-        if not all(isinstance(e, str) and e and "/" not in e and e not in OWN for e in entries):
+        if not isinstance(entries, list) or not all(_plain_name(e) for e in entries):
             raise ValueError("entries are not plain names")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(
@@ -308,10 +317,8 @@ def undo_replacement(run_dir: Path) -> tuple[bool, str | None]:
             f"they are in {aside}"
         )
     aside.rmdir()
-    return (
-        True,
-        f"the earlier run in {run_dir} is back in place (the run replacing it ended before its first checkpoint)",
-    )
+    why = "the run replacing it ended before its first checkpoint"
+    return True, f"the earlier run in {run_dir} is back in place ({why})"
 
 
 def resolve_leftovers(run_dir: Path, say: Callable[[str], None]) -> None:
@@ -530,7 +537,7 @@ class Claim:
                 note = undo_replacement(self.run_dir)[1]
                 if note:
                     self.accelerator.print(f"note: {note}")
-        except OSError as e:
+        except (OSError, ConfigError) as e:
             self.accelerator.print(f"warning: {e}; the earlier run's files are in {aside}")
         finally:
             release_lock(self.run_dir, self.lock)

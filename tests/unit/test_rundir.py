@@ -98,8 +98,9 @@ def test_an_older_versions_run_counts_only_entries_of_the_right_kind(tmp_path):
         rundir.refuse_unless_run(tmp_path, contents)
 
 
-def test_a_damaged_manifest_is_refused_not_guessed(tmp_path):
-    (tmp_path / rundir.MANIFEST).write_text('{"entries": ["../x"]}')
+@pytest.mark.parametrize("entries", ['["../x"]', '[".."]', '["trainer.lock"]', '"model"', "[1]"])
+def test_a_damaged_manifest_is_refused_not_guessed(tmp_path, entries):
+    (tmp_path / rundir.MANIFEST).write_text(f'{{"entries": {entries}}}')
     with pytest.raises(ConfigError, match="cannot be read"):
         rundir.inspect(tmp_path)
 
