@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from trainer.errors import writing
+
 COMPLETE = "COMPLETE"
 STATE = "trainer_state.json"
 
@@ -71,18 +73,25 @@ def verify(folder: Path) -> dict[str, Any]:
         manifest = json.loads((folder / COMPLETE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{folder}: no readable {COMPLETE} manifest ({e})") from None
-    for name, expected in manifest["files"].items():
+    try:
+        files = {
+            str(name): (int(e["bytes"]), str(e["sha256"])) for name, e in manifest["files"].items()
+        }
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise CheckpointError(f"{folder / COMPLETE}: not a checkpoint manifest (damaged)") from None
+    for name, (expected_bytes, expected_sha) in files.items():
         path = folder / name
         if not path.is_file():
             raise CheckpointError(f"{path}: missing")
         size = path.stat().st_size
-        if size != expected["bytes"]:
-            raise CheckpointError(
-                f"{path}: {size} bytes, expected {expected['bytes']} (truncated?)"
-            )
-        if _sha256(path) != expected["sha256"]:
+        if size != expected_bytes:
+            raise CheckpointError(f"{path}: {size} bytes, expected {expected_bytes} (truncated?)")
+        if _sha256(path) != expected_sha:
             raise CheckpointError(f"{path}: contents differ from the manifest (damaged)")
-    return json.loads((folder / STATE).read_text(encoding="utf-8"))
+    state = _state(folder)
+    if not state:
+        raise CheckpointError(f"{folder / STATE}: missing or not JSON (damaged)")
+    return state
 
 
 def newest_valid(checkpoints: Path, warn=print) -> tuple[Path, dict] | None:
@@ -152,20 +161,26 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    (tmp / f"rank-{rank:05d}.json").write_text(json.dumps(payload.rank_state), encoding="utf-8")
-    if main:
-        save_file(_contiguous(payload.model), str(tmp / "model.safetensors"))
-        if payload.ema is not None:
-            save_file(_contiguous(payload.ema), str(tmp / "ema.safetensors"))
-        if payload.optimizer is not None:
-            torch.save(payload.optimizer, tmp / "optimizer.pt")
-        (tmp / STATE).write_text(json.dumps(payload.trainer_state, indent=2), encoding="utf-8")
+    with writing(tmp):  # a full disk names the checkpoint, not "unexpected pos" from torch.save
+        (tmp / f"rank-{rank:05d}.json").write_text(json.dumps(payload.rank_state), encoding="utf-8")
+        if main:
+            _write_main(tmp, payload)
     accelerator.wait_for_everyone()
     if main:
         _commit(tmp, final)
         prune(checkpoints, keep_last, keep_best)
     accelerator.wait_for_everyone()
     return final
+
+
+def _write_main(tmp: Path, payload: Payload) -> None:
+    """The files only the main process writes: weights, EMA, optimizer, where the run is."""
+    save_file(_contiguous(payload.model), str(tmp / "model.safetensors"))
+    if payload.ema is not None:
+        save_file(_contiguous(payload.ema), str(tmp / "ema.safetensors"))
+    if payload.optimizer is not None:
+        torch.save(payload.optimizer, tmp / "optimizer.pt")
+    (tmp / STATE).write_text(json.dumps(payload.trainer_state, indent=2), encoding="utf-8")
 
 
 def _commit(tmp: Path, final: Path) -> None:
@@ -216,5 +231,8 @@ def load(folder: Path, rank: int) -> Payload:
     except Exception as e:  # noqa: BLE001 - any failure here means the files cannot be trusted
         raise CheckpointError(f"{folder}: cannot be loaded ({type(e).__name__}: {e})") from None
     rank_file = folder / f"rank-{rank:05d}.json"
-    rank_state = json.loads(rank_file.read_text(encoding="utf-8")) if rank_file.exists() else {}
+    try:
+        rank_state = json.loads(rank_file.read_text(encoding="utf-8")) if rank_file.exists() else {}
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        raise CheckpointError(f"{rank_file}: cannot be read ({type(e).__name__}: {e})") from None
     return Payload(_state(folder), model, optimizer, ema, rank_state)

@@ -51,6 +51,7 @@ from trainer import (
 )
 from trainer.config import ConfigError, PhaseConfig, RunConfig
 from trainer.ema import ModelEMA
+from trainer.errors import writing
 from trainer.preemption import EXIT_PREEMPTED, Preempted, StopFlag, ignore_in_workers, requeue
 from trainer.resume import Position, Resume, continue_run, prepare_run_dir
 from trainer.safeload import load_safetensors
@@ -834,7 +835,8 @@ class Run:
         }
         if a.is_main_process:
             text = json.dumps(summary, indent=2, ensure_ascii=False)
-            (self.run_dir / "summary.json").write_text(text, encoding="utf-8")
+            with writing(self.run_dir / "summary.json"):
+                (self.run_dir / "summary.json").write_text(text, encoding="utf-8")
         return summary
 
 

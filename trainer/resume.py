@@ -25,6 +25,7 @@ import yaml
 
 from trainer import checkpoint, data, rundir, runtime
 from trainer.config import ConfigError, RunConfig, dump_yaml, flat_dict, to_dict
+from trainer.errors import writing
 from trainer.rundir import RUN_FILES  # noqa: F401 - the names a run writes, kept importable here
 
 # Keys that may differ between the interrupted run and its continuation.
@@ -135,9 +136,11 @@ def _fresh(cfg: RunConfig, run_dir: Path, accelerator) -> None:
 
     def start() -> None:
         rundir.start_fresh(run_dir, say=accelerator.print)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+        with writing(run_dir / "config.yaml"):
+            (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
         env = runtime.provenance(accelerator.num_processes, accelerator.device)
-        (run_dir / "env.json").write_text(json.dumps(env, indent=2), encoding="utf-8")
+        with writing(run_dir / "env.json"):
+            (run_dir / "env.json").write_text(json.dumps(env, indent=2), encoding="utf-8")
 
     rundir.agree(accelerator, start)
 
@@ -151,7 +154,16 @@ def _check_same_settings(cfg: RunConfig, folder: Path) -> None:
     saved_file = folder.parent.parent / "config.yaml"
     if not saved_file.exists():
         return
-    saved = _shaping(flat_dict(yaml.safe_load(saved_file.read_text(encoding="utf-8"))))
+    try:
+        saved_tree = yaml.safe_load(saved_file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"{saved_file}: not readable YAML ({type(e).__name__}); restore it from the run's "
+            f"checkpoint, or start over with overwrite=true"
+        ) from None
+    if not isinstance(saved_tree, dict):
+        raise ConfigError(f"{saved_file}: not a config; start over with overwrite=true")
+    saved = _shaping(flat_dict(saved_tree))
     now = _shaping(flat_dict(to_dict(cfg)))
     changed = [
         f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"

@@ -94,6 +94,21 @@ def test_a_flipped_byte_is_found_by_the_manifest(tmp_path):
         checkpoint.verify(folder)
 
 
+@pytest.mark.parametrize("manifest", ['["not", "a", "dict"]', '{"files": {"x": 3}}', "\udcff"])
+def test_a_manifest_that_is_not_one_is_a_checkpoint_error_naming_it(tmp_path, manifest):
+    folder = _save(tmp_path, 1)
+    (folder / checkpoint.COMPLETE).write_text(manifest, encoding="utf-8", errors="surrogateescape")
+    with pytest.raises(checkpoint.CheckpointError, match=checkpoint.COMPLETE):
+        checkpoint.verify(folder)
+
+
+def test_an_unreadable_rank_state_is_a_checkpoint_error_naming_the_file(tmp_path):
+    folder = _save(tmp_path, 1)
+    (folder / "rank-00000.json").write_bytes(b"{ torn")
+    with pytest.raises(checkpoint.CheckpointError, match="rank-00000.json"):
+        checkpoint.load(folder, rank=0)
+
+
 def test_an_optimizer_file_that_would_run_code_is_refused(tmp_path):
     folder = _save(tmp_path, 1)
     marker = tmp_path / "pwned"
