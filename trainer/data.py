@@ -244,15 +244,16 @@ def split_folders(
             raise _layout_error(root, found, question)
     splits = {kind: p for kind in SPLITS for p in named if _split_alias(p) == kind}
     if layout == "pre-split" and (not splits or (need_train and "train" not in splits)):
+        wanted = "train/" if need_train else "train/, val/ or test/"
         raise DataError(
-            f"data.layout=pre-split: {root} has no train/ folder (found: {_names(subs)}); "
-            "name the training split train/, or set data.layout=classes if these are classes"
+            f"data.layout=pre-split: {root} has no {wanted} folder (found: {_names(subs)}); "
+            "name the split folders so, or set data.layout=classes if these are classes"
         )
     if layout == "auto":
         _refuse_unclear(
             root, splits, lookalikes, [p for p in subs if not _split_like(p)], need_train
         )
-    _note_unused(root, splits, [p for p in subs if p not in splits.values()], notes)
+    _note_unused(splits, [p for p in subs if p not in splits.values()], notes)
     return splits
 
 
@@ -302,7 +303,7 @@ def _refuse_unclear(
             )
 
 
-def _note_unused(root: Path, splits: dict[str, Path], unused: list[Path], notes: list[str]) -> None:
+def _note_unused(splits: dict[str, Path], unused: list[Path], notes: list[str]) -> None:
     """Folders and images a pre-split layout does not read, so none is left out silently."""
     if unused:
         notes.append(f"pre-split layout: ignoring folders that are not splits: {_names(unused)}")
