@@ -7,10 +7,11 @@ naming the bad value, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -114,6 +115,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_layout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--layout",
+        choices=("auto", "pre-split", "classes"),
+        default="auto",
+        help="as data.layout: pre-split (train/ val/ test/ of class folders), classes (every "
+        "sub-folder is a class), auto (pre-split when train/ is there; stops when unsure)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="trainer",
@@ -140,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="train, val or test of a pre-split folder (default: test, else val)",
     )
+    _add_layout_arg(p)
     p.add_argument("--batch-size", type=BATCH, default=128)
     p.add_argument("--num-workers", type=WORKERS, default=None)
     p.add_argument("--json", metavar="FILE", help="also write all metrics as JSON")
@@ -204,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         "skip (empty, truncated, not an image, over the pixel limit) with the reason.",
     )
     p.add_argument("data_dir", help="class sub-folders, or train/ val/ test/ splits of them")
+    _add_layout_arg(p)
     p.add_argument(
         "--json", metavar="FILE|-", help="also write the report as JSON ('-': stdout only)"
     )
@@ -374,6 +387,17 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _layout_as_flag() -> Iterator[None]:
+    """scan and eval take the layout as --layout: say so in a layout error, not data.layout=."""
+    from trainer.data import DataError
+
+    try:
+        yield
+    except DataError as e:
+        raise DataError(str(e).replace("data.layout=", "--layout ")) from None
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
     import json
 
@@ -382,8 +406,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     if not Path(args.data_dir).expanduser().is_dir():
         raise DataError(f"{args.data_dir!r} is not a folder")
-    cfg = DataConfig(root=args.data_dir, max_image_pixels=args.max_image_pixels)
-    report = _scan_report(scan(cfg, workers=args.workers), cfg)
+    cfg = DataConfig(root=args.data_dir, layout=args.layout, max_image_pixels=args.max_image_pixels)
+    with _layout_as_flag():
+        report = _scan_report(scan(cfg, workers=args.workers), cfg)
     text = json.dumps(report, indent=2, ensure_ascii=False)
     if args.json == "-":
         print(text)
@@ -438,7 +463,6 @@ def _print_scan_report(report: dict) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import contextlib
     import json
 
     from trainer.errors import writing
@@ -446,7 +470,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from trainer.inference import evaluate_folder
 
     # A full disk while writing the report names its folder (the files are written inside).
-    with writing(args.report) if args.report else contextlib.nullcontext():
+    with writing(args.report) if args.report else contextlib.nullcontext(), _layout_as_flag():
         result = evaluate_folder(
             args.model_dir,
             args.data_dir,
@@ -454,6 +478,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             args.batch_size,
             args.num_workers,
             args.report,
+            args.layout,
         )
     if not _is_main():
         return 0
@@ -650,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
+        if _is_main():
+            print(f"trainer {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `trainer scan DIR | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

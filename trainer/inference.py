@@ -39,14 +39,17 @@ def evaluate_folder(
     batch_size: int,
     workers: int | None,
     report_dir: str | Path | None = None,
+    layout: str = "auto",
 ) -> dict[str, Any]:
-    """Metrics of the model folder on a labelled class-per-folder tree; with `report_dir`, also
-    report.json, report.md and plots there (main process)."""
+    """Metrics of the model folder on a labelled class-per-folder tree (read as data.layout
+    `layout`); with `report_dir`, also report.json, report.md and plots there (main process)."""
     accelerator = runtime.make_accelerator()
     try:
         model, meta, pre = _load(model_dir, accelerator)
         names = meta["class_names"]
-        items, bad = readable_items(data.labelled_items(data_dir, names, split), data_dir)
+        items, bad = readable_items(
+            data.labelled_items(data_dir, names, split, layout=layout), data_dir
+        )
         ds = data.to_hf_dataset(items, names, eval_transform(pre))
         n_workers = runtime.auto_num_workers(workers, runtime.local_world_size(accelerator))
         loader = make_loader(ds, batch_size, workers=n_workers)

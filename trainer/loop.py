@@ -119,6 +119,8 @@ def make_loader(ds, batch_size: int, *, workers: int, collate=None) -> DataLoade
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
+        # Ctrl-C reaches the whole process group: a worker it killed would fail the next pass.
+        worker_init_fn=_init_worker if workers > 0 else None,
     )
 
 
@@ -703,9 +705,10 @@ class Run:
             rank_state={"rng": checkpoint.rng_state(), "sums": sums},
         )
         ck = self.cfg.checkpoint
-        saved = checkpoint.save(
-            a, self.run_dir / "checkpoints", p.step, payload, ck.keep_last, ck.keep_best
-        )
+        with self.stop.saving_checkpoint():  # a second Ctrl-C now waits for the save
+            saved = checkpoint.save(
+                a, self.run_dir / "checkpoints", p.step, payload, ck.keep_last, ck.keep_best
+            )
         self.claim.replaced()  # the run can continue on its own: an old run kept aside goes
         return saved
 

@@ -39,8 +39,8 @@
 # of the job (scancel --full, srun's forwarding) reaches the ranks and leaves the launcher alone.
 # Exit status: 75 (EX_TEMPFAIL, "try again") when a stop signal came, the launcher failed and the
 # run folder holds a complete checkpoint and no summary.json: the ranks saved and exited 75, the
-# launcher reported "exitcode : 75" for each and exited 1, and the same command continues the
-# run. Otherwise the launcher's exit status (0: the run finished).
+# launcher reported "exitcode : 75" for the first of them (it may stop the others before they
+# report) and exited 1, and the same command continues the run. Otherwise the launcher's exit status (0: the run finished).
 set -euo pipefail
 
 print_only=0

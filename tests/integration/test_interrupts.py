@@ -155,5 +155,6 @@ def test_ctrl_c_while_checking_images_ends_with_130_no_traceback_no_temp_file(tm
     code, out = ended(proc, tmp_path)
     assert code == 130, out[-3000:]
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    assert "trainer scan: interrupted" in out
     cache = tmp_path / "cache" / "scan"
     assert not cache.exists() or not [p for p in cache.iterdir() if p.suffix == ".tmp"]

@@ -191,7 +191,11 @@ def test_cli_scan_of_an_ambiguous_layout_exits_2_naming_it(tmp_path, folders, na
     proc = run_cli("trainer", "scan", str(root))
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("trainer scan: error: ")
-    assert "data.layout=pre-split" in proc.stderr and "data.layout=classes" in proc.stderr
+    # scan takes the layout as a flag, so the fix it names is the flag
+    assert "--layout pre-split" in proc.stderr and "--layout classes" in proc.stderr
     for name in named:
         assert name in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+    told = run_cli("trainer", "scan", str(root), "--layout", "classes")
+    assert told.returncode == 0, told.stderr
+    assert f"{len({f.split('/')[0] for f in folders})} classes" in told.stdout
