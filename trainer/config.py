@@ -263,7 +263,7 @@ class TrainConfig:
     epochs: int | None = None
     """Epochs of a single-phase run: sets the one phase's epochs (shown there); several phases: train.phases.N.epochs."""
     phases: list[PhaseConfig] = field(default_factory=list)
-    """Transfer-learning phases run in order; empty: one phase of train.epochs (10) with optim."""
+    """Transfer-learning phases run in order; empty or left out: one phase of train.epochs (10) with optim."""
     batch_size: int = 64
     """Images per process per step (the global batch is this x processes x grad_accum_steps)."""
     eval_batch_size: int | None = None
@@ -369,6 +369,13 @@ class RunConfig:
     """Resumable checkpoints."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """Experiment tracking (metrics.jsonl is always written)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.output_dir, str) or not self.output_dir.strip():
+            # "" would be the current folder: a run would fill it (or refuse it as "around" data.root)
+            raise ConfigError(
+                "output_dir: empty; give a folder for the run, e.g. output_dir=runs/photos"
+            )
 
 
 # --------------------------------------------------------------------------- building
@@ -533,6 +540,15 @@ def _set_epochs(tree: dict, epochs: Any) -> None:
     tree["train"]["epochs"] = None
 
 
+def _one_phase_if_empty(tree: dict, epochs: Any) -> None:
+    """`train.phases=[]` (e.g. to make a two-phase recipe one phase): one default phase, of
+    train.epochs whether that was given before or after it (it used to fall back to 10)."""
+    train = tree.get("train")
+    if isinstance(train, dict) and train.get("phases") == []:
+        train["phases"] = [{"name": "train"}]
+        _set_epochs(tree, epochs)
+
+
 def _fill_phases(tree: dict) -> None:
     """Give every phase the top-level optim keys it does not set itself; one phase if none."""
     train = tree.setdefault("train", {})
@@ -589,6 +605,11 @@ def find_recipe(name_or_path: str) -> Path:
     packaged = RECIPES_DIR / f"{name_or_path.removesuffix('.yaml')}.yaml"
     if packaged.is_file():
         return packaged
+    if path.is_dir():
+        raise ConfigError(
+            f"--config {name_or_path}: is a folder; give a YAML file or a recipe name "
+            f"(trainer recipes)"
+        )
     raise ConfigError(
         f"--config {name_or_path!r}: no such file, and no packaged recipe of that name "
         f"(recipes: {', '.join(list_recipes())})"
@@ -617,9 +638,14 @@ def load_config(config: str | None = None, overrides: list[str] = ()) -> RunConf
     tree["train"]["phases"] = []  # phases come from the file, or one is made from train.epochs
     if config:
         tree = _deep_merge(tree, load_yaml(find_recipe(config)))
+    train = tree.get("train")
+    epochs = train.get("epochs") if isinstance(train, dict) else None  # the latest given
     _fill_phases(tree)
     for text in overrides:
-        _apply_override(tree, *parse_override(text))
+        key, value = parse_override(text)
+        _apply_override(tree, key, value)
+        epochs = value if key == "train.epochs" else epochs
+        _one_phase_if_empty(tree, epochs)
     _fill_phases(tree)  # phases given whole on the command line get the top-level optim too
     return _build(RunConfig, tree, "")
 

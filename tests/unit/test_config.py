@@ -175,6 +175,39 @@ def test_train_epochs_null_means_unset_and_bad_values_name_train_epochs():
         load_config(None, ["train.epochs=abc"])
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [["train.epochs=1", "train.phases=[]"], ["train.phases=[]", "train.epochs=1"]],
+)
+def test_empty_phases_mean_one_phase_of_train_epochs_in_either_order(overrides):
+    phases = load_config("cpu-smoke", overrides).train.phases
+    assert [(p.name, p.epochs) for p in phases] == [("train", 1)]
+
+
+def test_empty_phases_keep_the_recipes_train_epochs_and_make_a_two_phase_recipe_one_phase():
+    assert [p.epochs for p in load_config("cpu-smoke", ["train.phases=[]"]).train.phases] == [2]
+    cfg = load_config("resnet50-two-phase", ["train.phases=[]", "train.epochs=3"])
+    assert [(p.name, p.epochs) for p in cfg.train.phases] == [("train", 3)]
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_output_dir_is_a_config_error_with_an_example(empty):
+    with pytest.raises(ConfigError, match=r"^output_dir: empty; .*output_dir=runs/photos"):
+        load_config(None, [f"output_dir={empty}"])
+
+
+def test_config_naming_a_folder_says_it_is_a_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(
+        ConfigError, match=r"^--config data: is a folder; give a YAML file or a recipe"
+    ):
+        load_config("data")
+    # A recipe's name still means the recipe, also beside a folder of that name.
+    (tmp_path / "cpu-smoke").mkdir()
+    assert load_config("cpu-smoke").model.name == "torchvision/resnet18"
+
+
 def test_a_phase_optim_that_is_not_a_mapping_is_a_config_error():
     with pytest.raises(ConfigError, match=r"train\.phases\.0\.optim"):
         load_config(None, ["train.phases.0.optim=3"])
