@@ -27,6 +27,7 @@ from trainer import checkpoint, data, rundir, runtime
 from trainer.config import ConfigError, RunConfig, dump_yaml, flat_dict, to_dict
 from trainer.errors import writing
 from trainer.rundir import RUN_FILES  # noqa: F401 - the names a run writes, kept importable here
+from trainer.tracking import METRICS_FILE, read_events
 
 # Keys that may differ between the interrupted run and its continuation.
 FREE_KEYS = (
@@ -114,6 +115,7 @@ def _choose(cfg: RunConfig, run_dir: Path, say) -> str | None:
         _check_same_settings(cfg, folder)
         return str(folder)
     if not checkpoint.complete_checkpoints(checkpoints):
+        _refuse_results_without_checkpoint(run_dir)
         return None  # nothing to continue: leftovers of a run that died before its first save
     if ck.resume == "never":
         raise ConfigError(
@@ -128,6 +130,32 @@ def _choose(cfg: RunConfig, run_dir: Path, say) -> str | None:
     _check_same_settings(cfg, found[0])
     say(f"resuming from {found[0]} (step {found[1]['step']}, epoch {found[1]['epoch']})")
     return str(found[0])
+
+
+def _results(run_dir: Path) -> list[str]:
+    """What a run folder holds that training produced (a fresh start would replace it)."""
+    found = []
+    model = run_dir / "model"
+    if model.is_dir() and any(model.iterdir()):
+        found.append("a trained model/")
+    found += [name for name in ("report.json", "report.md") if (run_dir / name).is_file()]
+    epochs = [e for e in read_events(run_dir / METRICS_FILE) if e.get("event") == "epoch"]
+    if epochs:
+        found.append(
+            f"{METRICS_FILE} of {len(epochs)} trained epoch{'s' if len(epochs) > 1 else ''}"
+        )
+    return found
+
+
+def _refuse_results_without_checkpoint(run_dir: Path) -> None:
+    """A run whose checkpoints were deleted (to free disk space) or never written
+    (checkpoint.enabled=false) still holds what it trained: never replaced without overwrite."""
+    found = _results(run_dir)
+    if found:
+        raise ConfigError(
+            f"output_dir {str(run_dir)!r} holds {', '.join(found)} but no checkpoint to continue "
+            f"from; pass overwrite=true to replace it, or pick another output_dir"
+        )
 
 
 def _fresh(cfg: RunConfig, run_dir: Path, accelerator) -> None:

@@ -169,3 +169,17 @@ def test_resuming_with_changed_data_is_refused_and_says_what_changed(trained_run
     assert_refused(proc, "data.root", "changed since this run started", "overwrite=true")
     assert "added to" in proc.stderr and "removed from" in proc.stderr, proc.stderr
     assert tree(run) == before
+
+
+def test_rerunning_a_trained_run_whose_checkpoints_were_deleted_keeps_its_model(
+    trained_run, tmp_path
+):
+    root, finished = trained_run
+    run = tmp_path / "run"
+    # Unfinished, and its checkpoints/ deleted to free disk space: only model/ is left of it.
+    shutil.copytree(finished, run, ignore=shutil.ignore_patterns("checkpoints", "summary.json"))
+    before = tree(run)
+    proc = train_smoke(root, run, "train.epochs=2", "train.batch_size=8", "train.log_every=1")
+    assert_refused(proc, "output_dir", str(run), "model/", "no checkpoint", "overwrite=true")
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert tree(run) == before

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from trainer import rundir
-from trainer.config import ConfigError
-from trainer.resume import _describe_changes
+from trainer.config import ConfigError, load_config
+from trainer.resume import _choose, _describe_changes
 
 
 def tree(folder: Path) -> dict[str, str]:
@@ -266,3 +266,49 @@ def test_a_run_that_got_its_first_checkpoint_keeps_it_and_drops_the_old_run(tmp_
     claim.replaced()
     claim.release(succeeded=False)  # a later failure keeps the new run's checkpoint
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", rundir.MANIFEST]
+
+
+# --------------------------------------------------------------------------- fresh or resume
+
+
+def unfinished_run(folder: Path, *, model: bool, epochs: int) -> Path:
+    """A run folder without checkpoints: died before its first save, or had them deleted."""
+    folder.mkdir(parents=True)
+    for name in ("config.yaml", "env.json", "splits.csv"):
+        (folder / name).write_text(f"{name}\n")
+    events = [{"event": "train", "step": 1, "epoch": 1}]
+    events += [{"event": "epoch", "step": 2 * n, "epoch": n} for n in range(1, epochs + 1)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    if model:
+        (folder / "model").mkdir()
+        (folder / "model" / "model.safetensors").write_bytes(b"trained weights")
+    rundir.write_manifest(folder, [])
+    return folder
+
+
+def test_a_run_that_died_before_its_first_save_starts_fresh(tmp_path):
+    run = unfinished_run(tmp_path / "run", model=False, epochs=0)
+    cfg = load_config("cpu-smoke", [f"output_dir={run}"])
+    assert _choose(cfg, run, print) is None
+
+
+@pytest.mark.parametrize(
+    "model, epochs, named",
+    [(True, 2, "a trained model/"), (False, 1, "metrics.jsonl of 1 trained epoch")],
+)
+def test_a_trained_run_without_checkpoints_is_refused_unless_overwrite(
+    tmp_path, model, epochs, named
+):
+    # checkpoints/ deleted to free disk space, or never written (checkpoint.enabled=false)
+    run = unfinished_run(tmp_path / "run", model=model, epochs=epochs)
+    before = tree(run)
+    cfg = load_config("cpu-smoke", [f"output_dir={run}"])
+    with pytest.raises(ConfigError, match="no checkpoint to continue from") as refused:
+        _choose(cfg, run, print)
+    assert named in str(refused.value) and "overwrite=true" in str(refused.value)
+    assert tree(run) == before
+    never = load_config("cpu-smoke", [f"output_dir={run}", "checkpoint.resume=never"])
+    with pytest.raises(ConfigError, match="no checkpoint to continue from"):
+        _choose(never, run, print)
+    replace = load_config("cpu-smoke", [f"output_dir={run}", "overwrite=true"])
+    assert _choose(replace, run, print) is None
