@@ -8,7 +8,10 @@ RUN_DIR/checkpoints/step-00001234/ holds
   trainer_state.json     where the run is (phase, epoch, batch, step), best metric, scheduler
   COMPLETE               a manifest (bytes and sha256 of every file), written last
 Everything is written into step-...tmp/, which is renamed into place only when complete, so a
-folder named step-... is whole or absent. Loading checks the manifest: a damaged checkpoint
+folder named step-NNNNNNNN is whole or absent. A save that fails (a full disk) removes its .tmp
+at once, and one left by a killed save is removed when the next run starts, so a retry has the
+space back. The same step saved again (after a resume) replaces the old folder only once the new
+one is in place. Loading checks the manifest: a damaged checkpoint
 (a truncated file) is refused with the reason, and the one before it is used. Nothing here ever
 unpickles code: JSON, safetensors and torch.load(weights_only=True).
 """
@@ -43,12 +46,32 @@ def step_dir(checkpoints: Path, step: int) -> Path:
     return checkpoints / f"step-{step:08d}"
 
 
+def _is_step_name(name: str) -> bool:
+    """step-NNNNNNNN exactly: never a .tmp being written nor an .old being replaced."""
+    return name.startswith("step-") and name[5:].isdigit()
+
+
 def complete_checkpoints(checkpoints: Path) -> list[Path]:
     """Checkpoints with a completion marker, oldest first (by step)."""
     if not checkpoints.is_dir():
         return []
-    found = (p for p in checkpoints.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    found = (p for p in checkpoints.glob("step-*") if p.is_dir() and _is_step_name(p.name))
     return sorted(p for p in found if (p / COMPLETE).is_file())
+
+
+def remove_unfinished(checkpoints: Path) -> None:
+    """Delete what killed saves left in this run's checkpoints/ (main process, folder locked):
+    step-N.tmp (half written; ~100 MB that kept a full disk full), and an old step-N.old that
+    a replacement left: put back if its step-N never arrived, else deleted."""
+    if not checkpoints.is_dir():
+        return
+    for path in sorted(checkpoints.glob("step-*")):
+        if path.is_symlink() or not path.is_dir():
+            continue  # this program writes folders only: anything else is not its to delete
+        if path.suffix == ".old" and _is_step_name(path.stem) and not path.with_suffix("").exists():
+            os.replace(path, path.with_suffix(""))
+        elif path.suffix in (".tmp", ".old") and _is_step_name(path.stem):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _sha256(path: Path) -> str:
@@ -158,16 +181,23 @@ def save(
     tmp = final.with_name(final.name + ".tmp")
     main, rank = accelerator.is_main_process, accelerator.process_index
     if main:
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
+        remove_unfinished(checkpoints)  # left by a save killed in an earlier run
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    with writing(tmp):  # a full disk names the checkpoint, not "unexpected pos" from torch.save
-        (tmp / f"rank-{rank:05d}.json").write_text(json.dumps(payload.rank_state), encoding="utf-8")
+    try:
+        with writing(tmp):  # a full disk names the checkpoint, not "unexpected pos" (torch.save)
+            rank_file = tmp / f"rank-{rank:05d}.json"
+            rank_file.write_text(json.dumps(payload.rank_state), encoding="utf-8")
+            if main:
+                _write_main(tmp, payload)
+        accelerator.wait_for_everyone()
         if main:
-            _write_main(tmp, payload)
-    accelerator.wait_for_everyone()
+            _commit(tmp, final)
+    except BaseException:
+        if main:  # a half-written checkpoint on a full disk would keep it full for the retry
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if main:
-        _commit(tmp, final)
         prune(checkpoints, keep_last, keep_best)
     accelerator.wait_for_everyone()
     return final
@@ -191,10 +221,18 @@ def _commit(tmp: Path, final: Path) -> None:
     manifest = {"files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
     (tmp / COMPLETE).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     _fsync(tmp / COMPLETE)
-    if final.exists():  # the same step saved again after a resume: identical state
-        shutil.rmtree(final)
+    if not final.exists():
+        os.replace(tmp, final)
+        _fsync(final.parent)
+        return
+    # The same step saved again after a resume: the old folder goes only once the new one is
+    # in place (a crash in between leaves step-N.old, put back by remove_unfinished).
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
     os.replace(tmp, final)
     _fsync(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def prune(checkpoints: Path, keep_last: int, keep_best: bool) -> None:

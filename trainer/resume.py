@@ -70,7 +70,15 @@ def prepare_run_dir(cfg: RunConfig, accelerator) -> tuple[Path, Resume | None]:
     Called with output_dir locked (rundir.Claim); a resume is then confirmed by `continue_run`.
     """
     run_dir = Path(cfg.output_dir).expanduser()
-    chosen = rundir.agree(accelerator, lambda: _choose(cfg, run_dir, accelerator.print))
+
+    def decide() -> str | None:
+        chosen = _choose(cfg, run_dir, accelerator.print)
+        # The run's own leftovers of a killed save (step-N.tmp, ~100 MB): gone before this run
+        # writes anything, so a retry after a full disk has that space back.
+        checkpoint.remove_unfinished(run_dir / "checkpoints")
+        return chosen
+
+    chosen = rundir.agree(accelerator, decide)
     if chosen is None:
         _fresh(cfg, run_dir, accelerator)
         return run_dir, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from pathlib import Path
@@ -69,6 +70,61 @@ def test_an_unfinished_save_is_never_chosen_and_never_costs_the_previous(tmp_pat
     assert found is not None and found[0].name == "step-00000001"
     _save(tmp_path, 2)  # the next save replaces the leftover
     assert [p.name for p in tmp_path.iterdir()] and not half.exists()
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("writer", ["save_file", "torch.save"])
+def test_a_save_that_fails_on_a_full_disk_removes_its_half_written_folder(
+    tmp_path, monkeypatch, writer
+):
+    previous = _save(tmp_path, 1)
+    before = {p.name: p.read_bytes() for p in previous.iterdir()}
+    owner, name = (checkpoint, "save_file") if writer == "save_file" else (torch, "save")
+    monkeypatch.setattr(owner, name, _disk_full)
+    with pytest.raises(OSError) as failed:
+        _save(tmp_path, 2)
+    assert failed.value.errno == errno.ENOSPC and "step-00000002.tmp" in str(failed.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001"]
+    assert {p.name: p.read_bytes() for p in previous.iterdir()} == before
+
+
+def test_a_killed_saves_leftovers_are_removed_by_the_next_save_of_any_step(tmp_path):
+    _save(tmp_path, 1)
+    half = tmp_path / "step-00000007.tmp"  # killed mid-save; the resumed run saves step 2 next
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"partial")
+    (tmp_path / "notes.tmp").mkdir()  # not a name this program writes: left alone
+    _save(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.tmp",
+        "step-00000001",
+        "step-00000002",
+    ]
+
+
+def test_saving_the_same_step_again_keeps_the_old_one_until_the_new_one_is_in_place(
+    tmp_path, monkeypatch
+):
+    first = _save(tmp_path, 2)
+    before = {p.name: p.read_bytes() for p in first.iterdir()}
+    monkeypatch.setattr(checkpoint, "save_file", _disk_full)
+    with pytest.raises(OSError):
+        _save(tmp_path, 2)
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == before
+    monkeypatch.undo()
+    again = _save(tmp_path, 2)
+    assert checkpoint.verify(again)["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002"]
+
+
+def test_a_replacement_killed_between_its_two_renames_is_put_back_on_start(tmp_path):
+    old = _save(tmp_path, 2).rename(tmp_path / "step-00000002.old")  # step-2 not yet renamed in
+    checkpoint.remove_unfinished(tmp_path)
+    assert not old.exists() and checkpoint.verify(tmp_path / "step-00000002")["step"] == 2
+    assert [p.name for p in checkpoint.complete_checkpoints(tmp_path)] == ["step-00000002"]
 
 
 def test_a_truncated_checkpoint_is_refused_and_the_previous_used(tmp_path):

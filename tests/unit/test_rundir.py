@@ -312,3 +312,25 @@ def test_a_trained_run_without_checkpoints_is_refused_unless_overwrite(
         _choose(never, run, print)
     replace = load_config("cpu-smoke", [f"output_dir={run}", "overwrite=true"])
     assert _choose(replace, run, print) is None
+
+
+def test_a_killed_saves_half_written_checkpoint_is_removed_when_the_next_run_starts(tmp_path):
+    import torch
+
+    from trainer.resume import prepare_run_dir
+
+    run = unfinished_run(tmp_path / "run", model=False, epochs=0)
+    half = run / "checkpoints" / "step-00000003.tmp"  # a save killed by a full disk
+    half.mkdir(parents=True)
+    (half / "model.safetensors").write_bytes(b"partial" * 1000)
+    lines: list[str] = []
+    acc = SimpleNamespace(
+        is_main_process=True,
+        num_processes=1,
+        process_index=0,
+        device=torch.device("cpu"),
+        print=lines.append,
+    )
+    cfg = load_config("cpu-smoke", [f"output_dir={run}"])
+    assert prepare_run_dir(cfg, acc) == (run, None)
+    assert not list(run.rglob("step-00000003.tmp"))
