@@ -7,7 +7,9 @@ With data.layout=auto a folder that could be read either way (val/ and validatio
 folders without train/; train/ beside other folders of images) stops with a DataError naming
 what was found: the layout is never guessed. A root that only wraps one sub-folder (e.g.
 `facade-dataset/角度正/` holding `0/` and `1/`) is descended into, with a note. Symlinks are
-followed once per real folder and each real image is listed once. The index is built with `os.scandir` (fast on large trees) and handed to
+followed once per real folder and each real image is listed once; two class folders that are one
+folder (a link) are refused, an image or folder linked into two classes is used in one, with a
+note, and a class folder is never entered from another class. The index is built with `os.scandir` (fast on large trees) and handed to
 `datasets` as explicit file paths, so `datasets`' own imagefolder resolver is never run.
 With `data.check_images`, every indexed file is decoded once (`trainer.scan`, cached) and bad
 files are left out before the split, so the split of the good files is the same on every rank.
@@ -78,23 +80,37 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
+Key = tuple[int, int]  # (st_dev, st_ino): a real file or folder, whatever path leads to it
+
+
 @dataclass
 class Walk:
     """What one scan has visited: every real folder is entered once (a symlink loop, or a second
     link to a folder, is not followed again) and every real file is listed once (by device and
-    inode), however many links lead to it. The first path found in a sorted walk is kept."""
+    inode), however many links lead to it. The first path found in a sorted walk is kept; a
+    class folder is never entered from another class (it keeps its own images)."""
 
-    folders: set[tuple[int, int]] = field(default_factory=set)
-    files: set[tuple[int, int]] = field(default_factory=set)
+    folders: dict[Key, tuple[str, str]] = field(default_factory=dict)  # -> (class, first path)
+    files: dict[Key, tuple[str, str]] = field(default_factory=dict)  # -> (class, first path)
+    classes: dict[Key, tuple[str, str]] = field(default_factory=dict)  # this split's class dirs
+    owner: str = ""  # the class being listed
     ignored: list[str] = field(default_factory=list)  # not images by their name
     not_followed: list[str] = field(default_factory=list)  # links to folders already entered
     twice: list[str] = field(default_factory=list)  # images already listed through another path
     broken: list[str] = field(default_factory=list)  # links that lead nowhere
+    two_labels: list[tuple[str, str]] = field(default_factory=list)  # (kept path, other class's)
 
     def notes(self, root: Path) -> list[str]:
         def some(paths: list[str]) -> str:
             shown = ", ".join(os.path.relpath(p, root) for p in sorted(paths)[:3])
             return shown + (", ..." if len(paths) > 3 else "")
+
+        def pairs(found: list[tuple[str, str]]) -> str:
+            def rel(path: str) -> str:
+                return os.path.relpath(path, root) + ("/" if os.path.isdir(path) else "")
+
+            shown = ", ".join(f"{rel(kept)} (also {rel(other)})" for kept, other in found[:3])
+            return shown + (", ..." if len(found) > 3 else "")
 
         notes = []
         if self.not_followed:
@@ -109,7 +125,40 @@ class Walk:
             )
         if self.broken:
             notes.append(f"{len(self.broken)} broken links skipped: {some(self.broken)}")
+        if self.two_labels:
+            notes.append(
+                f"{len(self.two_labels)} images or folders are linked into two classes and would "
+                f"carry two labels; each is used in one class only: {pairs(self.two_labels)}"
+            )
         return notes
+
+    def seen_folder(self, top: str, key: Key) -> bool:
+        """True if `top` is not to be entered: entered already, or another class's folder."""
+        first = self.classes.get(key)
+        if first is not None and first[0] != self.owner:
+            self.two_labels.append((first[1], top))
+            return True
+        if key not in self.folders:
+            self.folders[key] = (self.owner, top)
+            return False
+        owner, entered = self.folders[key]
+        if owner != self.owner:
+            self.two_labels.append((entered, top))
+        else:
+            self.not_followed.append(top)
+        return True
+
+    def seen_file(self, path: str, key: Key) -> bool:
+        """True if the image at `path` was listed already (through another path)."""
+        if key not in self.files:
+            self.files[key] = (self.owner, path)
+            return False
+        owner, first = self.files[key]
+        if owner != self.owner:
+            self.two_labels.append((first, path))
+        else:
+            self.twice.append(path)
+        return True
 
 
 def list_images(folder: Path, walk: Walk | None = None) -> list[str]:
@@ -121,10 +170,8 @@ def list_images(folder: Path, walk: Walk | None = None) -> list[str]:
     while stack:
         top = stack.pop()
         st = os.stat(top)
-        if (st.st_dev, st.st_ino) in walk.folders:
-            walk.not_followed.append(top)
+        if walk.seen_folder(top, (st.st_dev, st.st_ino)):
             continue
-        walk.folders.add((st.st_dev, st.st_ino))
         with os.scandir(top) as it:
             entries = sorted(it, key=lambda e: e.name)
         subfolders = []
@@ -143,10 +190,7 @@ def list_images(folder: Path, walk: Walk | None = None) -> list[str]:
                 if entry.is_symlink():
                     target = entry.stat(follow_symlinks=True)
                     key = (target.st_dev, target.st_ino)
-                if key in walk.files:
-                    walk.twice.append(entry.path)
-                else:
-                    walk.files.add(key)
+                if not walk.seen_file(entry.path, key):
                     found.append(entry.path)
         stack.extend(reversed(subfolders))  # depth first, in name order: the same on every rank
     return sorted(found)
@@ -317,7 +361,22 @@ ClassFolders = dict[str, list[str]]  # class name -> its image files
 
 
 def _class_folders(split_dir: Path, walk: Walk) -> ClassFolders:
-    return {d.name: list_images(d, walk) for d in _subdirs(split_dir)}
+    """{class: its images}; two class folders that are one folder (a link) are refused: which
+    name is the class cannot be told, and two classes of the same images train nothing."""
+    dirs = _subdirs(split_dir)
+    walk.classes = {}
+    for d in dirs:
+        st = os.stat(d)
+        first = walk.classes.setdefault((st.st_dev, st.st_ino), (d.name, str(d)))
+        if first[0] != d.name:
+            other = Path(first[1])
+            link, target = (other, d) if other.is_symlink() and not d.is_symlink() else (d, other)
+            raise DataError(f"{link}/ and {target}/ are the same folder: remove one link")
+    tree = {}
+    for d in dirs:
+        walk.owner = d.name
+        tree[d.name] = list_images(d, walk)
+    return tree
 
 
 def scan(cfg: DataConfig, workers: int | None = None) -> DataIndex:

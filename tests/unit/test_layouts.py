@@ -146,13 +146,36 @@ def test_symlink_loop_is_noted_and_not_followed(tmp_path):
 def test_an_image_reached_through_two_links_is_counted_once(tmp_path):
     root = make_folder(tmp_path / "d", ["a", "b"], 3)
     os.symlink(root / "a" / "img_000.png", root / "a" / "link.png")
-    os.symlink(root / "a", root / "a-again")  # a second class folder that is the first one
+    os.symlink(root / "a", root / "a" / "sub")  # a second way into the same class folder
     (root / "b" / "gone.png").symlink_to(tmp_path / "nowhere.png")
     index = scan_of(root, split=[1.0, 0.0, 0.0])
     assert index.class_names == ["a", "b"] and index.counts() == {"train": 6}
     assert any("1 images reached a second time" in n and "a/link.png" in n for n in index.notes)
-    assert any("a-again" in n and "not followed" in n for n in index.notes)
+    assert any("a/sub" in n and "not followed" in n for n in index.notes)
     assert any("1 broken links skipped: b/gone.png" in n for n in index.notes)
+
+
+@pytest.mark.parametrize("link", ["b-again", "a-first"])  # sorted after or before the real one
+def test_a_class_folder_linked_as_a_second_class_is_refused(tmp_path, link):
+    root = make_folder(tmp_path / "d", ["b", "c"], 3)
+    os.symlink(root / "b", root / link)
+    message = refused(root, f"{root / link}/ and {root / 'b'}/ are the same folder")
+    assert message.endswith("remove one link")
+
+
+def test_images_linked_into_two_classes_are_used_once_with_a_note(tmp_path):
+    root = make_folder(tmp_path / "d", ["a", "b", "c"], 3)
+    os.link(root / "a" / "img_000.png", root / "c" / "hard.png")  # two labels: a and c
+    os.symlink(root / "b" / "img_001.png", root / "a" / "soft.png")
+    os.symlink(root / "c", root / "a" / "all-of-c")  # a folder of class c inside class a
+    index = scan_of(root, split=[1.0, 0.0, 0.0])
+    assert index.counts() == {"train": 9}  # every real image once
+    # a lists soft.png first (b's image, so b keeps 2); hard.png is a's; c keeps all of its own
+    assert index.class_counts("train") == [4, 2, 3]
+    (note,) = [n for n in index.notes if "linked into two classes" in n]
+    for shown in ("a/img_000.png (also c/hard.png)", "a/soft.png (also b/img_001.png)"):
+        assert shown in note, note
+    assert "c/ (also a/all-of-c/)" in note, note
 
 
 # --------------------------------------------------------------------------- trainer eval
@@ -199,3 +222,14 @@ def test_cli_scan_of_an_ambiguous_layout_exits_2_naming_it(tmp_path, folders, na
     told = run_cli("trainer", "scan", str(root), "--layout", "classes")
     assert told.returncode == 0, told.stderr
     assert f"{len({f.split('/')[0] for f in folders})} classes" in told.stdout
+
+
+def test_cli_scan_of_a_class_folder_link_exits_2_with_one_line(tmp_path):
+    root = make_folder(tmp_path / "d", ["c0", "c1", "c2"], 2)
+    os.symlink("c2", root / "c2link")
+    proc = run_cli("trainer", "scan", str(root))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr == (
+        f"trainer scan: error: {root / 'c2link'}/ and {root / 'c2'}/ are the same folder: "
+        "remove one link\n"
+    )
