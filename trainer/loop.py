@@ -868,18 +868,8 @@ def run(cfg: RunConfig) -> dict:
         test = result if split == "test" else {}
         summary = r.summarize(test, train_seconds)
         sync_cmd = r.tracker.finish()
-        line = (
-            f"test accuracy {test['accuracy']:.4f} on {test['samples']} images"
-            if test
-            else "no test split"
-        )
-        best = (
-            f"{summary['best_val_accuracy']:.4f}"
-            if summary["best_val_accuracy"] is not None
-            else "n/a"
-        )
         r.print(
-            f"done in {train_seconds:.1f}s: best val accuracy {best} (epoch {summary['best_epoch']}), {line}\n"
+            f"{done_line(summary, test, train_seconds)}\n"
             f"model: {r.run_dir / 'model'}   (trainer predict {r.run_dir / 'model'} IMAGES...)"
         )
         if sync_cmd:
@@ -896,6 +886,21 @@ def run(cfg: RunConfig) -> dict:
         # checkpoint puts back the run it was replacing.
         claim.release(succeeded=ok)
         runtime.shutdown(accelerator, barrier=ok)
+
+
+def done_line(summary: dict, test: dict, train_seconds: float) -> str:
+    """'done in 12.3s: best val accuracy 0.9 (epoch 3), test accuracy 0.8 on 40 images'."""
+    best = (
+        f"best val accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']})"
+        if summary["best_val_accuracy"] is not None
+        else "no val split (the last epoch's model is kept)"
+    )
+    tested = (
+        f"test accuracy {test['accuracy']:.4f} on {test['samples']} images"
+        if test
+        else "no test split"
+    )
+    return f"done in {train_seconds:.1f}s: {best}, {tested}"
 
 
 def _stopped(r: Run, e: Preempted) -> None:

@@ -410,11 +410,21 @@ def _gone(holder: dict) -> str | None:
     return None
 
 
+def _holder(holder: dict) -> str:
+    """'the run of pid 12 on host gpu1 since 2026-...', leaving out what the lock does not say."""
+    parts = [
+        f"{what} {holder[key]}"
+        for what, key in (("pid", "pid"), ("on host", "host"), ("since", "since"))
+        if holder.get(key) not in (None, "")
+    ]
+    return f"the run of {' '.join(parts)}" if parts else "a run that its lock file does not name"
+
+
 def _in_use(run_dir: Path, holder: dict) -> ConfigError:
-    where = holder.get("host", "?")
+    where = holder.get("host")
     text = (
-        f"output_dir {str(run_dir)!r} is in use by the run of pid {holder.get('pid', '?')} on host "
-        f"{where} since {holder.get('since', '?')}; wait for it or pick another output_dir"
+        f"output_dir {str(run_dir)!r} is in use by {_holder(holder)}; wait for it or "
+        f"pick another output_dir"
     )
     if where != socket.gethostname():
         text += f" (if that run has ended, e.g. its machine crashed, delete {run_dir / LOCK})"
@@ -454,10 +464,7 @@ def take_lock(run_dir: Path, say: Callable[[str], None]) -> dict[str, Any]:
                 raise _in_use(run_dir, holder) from None
             if not _take_over(path, holder):
                 raise _in_use(run_dir, _read_lock(path) or holder) from None
-            say(
-                f"note: taking over the lock of {run_dir}: pid {holder.get('pid')} on host "
-                f"{holder.get('host')} since {holder.get('since')} left it ({why})"
-            )
+            say(f"note: taking over the lock of {run_dir}: {_holder(holder)} left it ({why})")
             continue
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:

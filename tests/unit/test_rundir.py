@@ -334,3 +334,30 @@ def test_a_killed_saves_half_written_checkpoint_is_removed_when_the_next_run_sta
     cfg = load_config("cpu-smoke", [f"output_dir={run}"])
     assert prepare_run_dir(cfg, acc) == (run, None)
     assert not list(run.rglob("step-00000003.tmp"))
+
+
+def test_a_lock_that_does_not_say_since_when_is_described_without_none(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / rundir.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))
+    notes: list[str] = []
+    rundir.take_lock(tmp_path, say=notes.append)
+    assert f"the run of pid {dead.pid} on host {socket.gethostname()} left it" in notes[0]
+    assert "None" not in notes[0]
+    (tmp_path / rundir.LOCK).write_text("{}")  # names no host: maybe another machine's, kept
+    with pytest.raises(ConfigError, match="in use by a run that its lock file does not name"):
+        rundir.take_lock(tmp_path, say=print)
+
+
+def test_the_last_line_of_a_run_without_a_val_split_says_so():
+    from trainer.loop import done_line
+
+    without_val = {"best_val_accuracy": None, "best_epoch": None}
+    line = done_line(without_val, {"accuracy": 0.5, "samples": 4}, 1.5)
+    assert line == (
+        "done in 1.5s: no val split (the last epoch's model is kept), test accuracy 0.5000 on 4 "
+        "images"
+    )
+    assert "None" not in line and "n/a" not in line
+    with_val = done_line({"best_val_accuracy": 0.75, "best_epoch": 2}, {}, 3.0)
+    assert with_val == "done in 3.0s: best val accuracy 0.7500 (epoch 2), no test split"
