@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -406,6 +408,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     if not Path(args.data_dir).expanduser().is_dir():
         raise DataError(f"{args.data_dir!r} is not a folder")
+    if args.json and args.json != "-":
+        from trainer.files import check_replaceable
+
+        check_replaceable(
+            Path(args.json), "--json", _is_scan_json, "a report written by trainer scan --json"
+        )
     cfg = DataConfig(root=args.data_dir, layout=args.layout, max_image_pixels=args.max_image_pixels)
     with _layout_as_flag():
         report = _scan_report(scan(cfg, workers=args.workers), cfg)
@@ -420,6 +428,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
         write_text_atomic(Path(args.json), text + "\n")
         print(f"report -> {args.json}")
     return 0
+
+
+def _is_scan_json(path: Path) -> bool:
+    from trainer.files import read_json_or_none
+
+    report = read_json_or_none(path)
+    return isinstance(report, dict) and {"root", "layout", "classes", "counts"} <= set(report)
 
 
 def _scan_report(index: DataIndex, cfg: DataConfig) -> dict:
@@ -467,8 +482,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from trainer.errors import writing
     from trainer.files import write_text_atomic
-    from trainer.inference import evaluate_folder
+    from trainer.inference import check_outputs, evaluate_folder, not_pre_split_note
 
+    check_outputs(json_out=args.json, report_dir=args.report)  # before any work
     # A full disk while writing the report names its folder (the files are written inside).
     with writing(args.report) if args.report else contextlib.nullcontext(), _layout_as_flag():
         result = evaluate_folder(
@@ -484,6 +500,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     names, bad = result["class_names"], result["bad_files"]
     _print_skipped([(b["path"], b["reason"]) for b in bad])
+    note = not_pre_split_note(args.model_dir, args.data_dir, args.layout)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     print(
         f"samples {result['samples']}  accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}",
         end="",
@@ -506,8 +525,9 @@ def _print_skipped(bad: list[tuple[str, str]]) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from trainer.data import DataError
-    from trainer.inference import predict_paths, write_predictions
+    from trainer.inference import check_outputs, predict_paths, write_predictions
 
+    check_outputs(out=args.out)  # before the model runs: a refusal changes nothing
     rows, bad = predict_paths(
         args.model_dir, args.paths, args.topk, args.batch_size, args.num_workers
     )
@@ -651,11 +671,11 @@ WRITE_HINTS = {
 }
 
 
-def _fail(command: str, error: BaseException) -> int:
+def _fail(command: str, error: BaseException, argv: list[str]) -> int:
     """Exit 2 with one line for a user's or the environment's mistake; a bug keeps its traceback."""
     from trainer.errors import BUG_LINE, user_message
 
-    message = user_message(error, WRITE_HINTS.get(command, ""))
+    message = user_message(error, WRITE_HINTS.get(command, ""), argv)
     if message is None:
         traceback.print_exception(error)
         print(BUG_LINE, file=sys.stderr)
@@ -665,24 +685,63 @@ def _fail(command: str, error: BaseException) -> int:
     return EXIT_USAGE
 
 
+class CtrlC:
+    """The SIGINT handler of a whole command: the first Ctrl-C raises KeyboardInterrupt, later
+    ones are ignored. A terminal or `timeout -s INT` can deliver two at once; the second would
+    otherwise interrupt the way out (clean-up, the 'interrupted' line) into a traceback.
+    Training's StopFlag puts its own handler over this one and restores this one after."""
+
+    def __init__(self) -> None:
+        self.fired = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _ctrl_c_once() -> Iterator[CtrlC]:
+    """Install CtrlC for the command, then put back what was there (main() runs in tests too)
+    unless it fired: the process is on its way out, and a late Ctrl-C must not raise there.
+    Left alone where Python's own handler is not installed: SIGINT ignored by the parent (a
+    background job, nohup) stays ignored, and only the main thread may set handlers."""
+    handler = CtrlC()
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield handler
+        return
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield handler
+    finally:
+        if not handler.fired:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, or a bad flag (one line, exit 2)
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     if os.environ.get("TRAINER_OFFLINE", "") not in ("", "0"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm's weights come through the HF hub
-    try:
-        return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        if _is_main():
-            print(f"trainer {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `trainer scan DIR | head`: the reader left; not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
-    except Exception as e:
-        return _fail(args.command, e)
+    with _ctrl_c_once() as ctrl_c:
+        try:
+            return COMMANDS[args.command](args)
+        except KeyboardInterrupt:
+            ctrl_c.fired = True  # also when training's handler raised it: no second one now
+            if _is_main():
+                print(f"trainer {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:  # `trainer scan DIR | head`: the reader left; not our error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+        except Exception as e:
+            return _fail(args.command, e, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import errno
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 BUG_LINE = "this is a bug in trainer; please report it with the command and the traceback above"
@@ -24,6 +24,7 @@ USER_ERRORS = (
     ("trainer.safeload", "ModelError"),
     ("trainer.checkpoint", "CheckpointError"),
     ("trainer.export", "ExportError"),
+    ("trainer.files", "OutputError"),
 )
 
 # Out-of-space errors of libraries that do not raise OSError (safetensors' Rust writer).
@@ -54,13 +55,18 @@ def one_line(error: BaseException) -> str:
     return text
 
 
-def user_message(error: BaseException, write_hint: str = "") -> str | None:
+def user_message(
+    error: BaseException, write_hint: str = "", argv: Sequence[str] = ()
+) -> str | None:
     """One line naming the thing and the fix, or None when `error` is a bug (keep its traceback).
 
-    `write_hint` says how to write elsewhere with this command (e.g. "--out"), for a full disk.
+    `write_hint` says how to write elsewhere with this command (e.g. "--out"), for a full disk;
+    `argv` (the command line) lets an error that names no path find the one it was about.
     """
     if isinstance(error, user_error_types()):
         return one_line(error)
+    if isinstance(error, RuntimeError) and str(error).startswith(NO_HOME):
+        return unknown_user_message(argv)
     if isinstance(error, OSError):
         return os_error_message(_with_errno(error), write_hint)
     if NO_SPACE_TEXT.search(str(error)):  # safetensors' own error type, not an OSError
@@ -71,6 +77,27 @@ def user_message(error: BaseException, write_hint: str = "") -> str | None:
             "data.image_size, or train.mixed_precision=bf16"
         )
     return None
+
+
+# pathlib's Path.expanduser() on '~name/...' when there is no user 'name' (it names no path).
+NO_HOME = "Could not determine home directory"
+TILDE_USER = re.compile(r"(?:^|=)(~([^/=\s]*)[^=\s]*)$")
+
+
+def unknown_user_message(argv: Sequence[str]) -> str:
+    """'~name/x': no user 'name' on this machine; read the path back from the command line."""
+    for arg in argv:
+        match = TILDE_USER.search(arg)
+        if match and not _home_of(match[2]):
+            user = f"user {match[2]!r}" if match[2] else "home folder (HOME is not set)"
+            return f"{match[1]!r}: no {user} on this machine; give the full path"
+    return "a path starting with '~name' names no user on this machine; give the full path"
+
+
+def _home_of(user: str) -> str | None:
+    """The home folder `~user` stands for ('' for the current user), None when there is none."""
+    home = os.path.expanduser(f"~{user}")
+    return None if home.startswith("~") else home
 
 
 def _with_errno(error: OSError) -> OSError:

@@ -18,7 +18,7 @@ import torch
 
 from trainer import data, models
 from trainer.errors import writing
-from trainer.files import current_umask, write_text_atomic
+from trainer.files import check_replaceable, current_umask, write_text_atomic
 from trainer.transforms import Preprocessing, eval_transform, load_rgb
 
 FORMATS = ("onnx", "torchscript")
@@ -68,11 +68,9 @@ def _load_image(transform: Any, path: str) -> torch.Tensor:
 def _check_out(out: Path) -> None:
     """Write only into a new or empty folder, or over an earlier export (never over other files:
     `--out RUN_DIR/model` would otherwise replace the model's own config.json)."""
-    if out.is_dir() and any(out.iterdir()) and not (out / "export.json").is_file():
-        raise ExportError(
-            f"--out {out}: this folder holds other files (not an earlier export); "
-            "choose a new or empty folder"
-        )
+    check_replaceable(
+        out, "--out", lambda d: (d / "export.json").is_file(), "an earlier export", folder=True
+    )
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -104,12 +102,12 @@ def export_model(
     """Write OUT_DIR/model.onnx or model.pt + config.json + export.json; raise if parity fails."""
     if fmt not in FORMATS:
         raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    out = Path(out_dir)
+    _check_out(out)
     model, meta = models.load_model_folder(model_dir)
     model = model.float().eval()
     pre = Preprocessing.from_dict(meta["preprocessing"])
     x, what = parity_inputs(pre, image_paths)
-    out = Path(out_dir)
-    _check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     target = out / ("model.onnx" if fmt == "onnx" else "model.pt")
     with torch.no_grad():

@@ -1,11 +1,15 @@
-"""Writing the user's output files: whole or not at all, with the modes their umask asks for."""
+"""Writing the user's output files: whole or not at all, with the modes their umask asks for,
+and never over a file this program did not write."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from trainer.errors import writing
 
@@ -48,3 +52,61 @@ def write_text_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+class OutputError(ValueError):
+    """An output path holds something this program did not write there: refused before any work
+    (exit 2), so the user's file is never replaced. The message names the flag and the fix."""
+
+
+def check_replaceable(
+    path: Path, flag: str, ours: Callable[[Path], bool], what: str, *, folder: bool = False
+) -> None:
+    """May `flag PATH` be written? Yes when it is new, an empty file or folder, or what this
+    command wrote there before (`ours(path)`); else OutputError. Call it before any work, so a
+    refusal leaves everything as it was. `what` completes "is not ..." in the message."""
+    if not path.exists():  # a dangling link too: os.replace replaces the link, not its target
+        return
+    shown = f"{flag} {path}"
+    if folder:
+        if not path.is_dir():
+            raise OutputError(f"{shown}: is a file, not a folder; give a new or empty folder")
+        if not any(path.iterdir()) or ours(path):
+            return
+        raise OutputError(
+            f"{shown}: holds other files and is not {what}; nothing was changed: "
+            "choose a new or empty folder"
+        )
+    if path.is_dir():
+        raise OutputError(f"{shown}: is a folder; give a file path")
+    if not path.is_file():  # /dev/null, a pipe: replacing it with a file would be worse
+        raise OutputError(f"{shown}: is not a regular file; give a file path")
+    if path.stat().st_size == 0 or ours(path):
+        return
+    raise OutputError(
+        f"{shown}: exists and is not {what}; nothing was changed: choose a new path or remove it"
+    )
+
+
+def read_json_or_none(path: Path, limit: int = 1 << 30) -> Any:
+    """The JSON in `path`, or None when it is not JSON text (or over `limit` bytes): for telling
+    whether an existing file is one this program wrote. OSError (unreadable) propagates."""
+    if path.stat().st_size > limit:
+        return None
+    with open(path, "rb") as f:  # not JSON at all (an image, a video): no need to read it whole
+        if f.read(64).lstrip()[:1] not in (b"{", b"["):
+            return None
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def first_line(path: Path, limit: int = 1 << 16) -> str | None:
+    """The first line of a text file without its line end, None when it is not UTF-8 text."""
+    with open(path, "rb") as f:
+        head = f.readline(limit)
+    try:
+        return head.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        return None

@@ -19,9 +19,9 @@ from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Dataset
 
 from trainer import data, models, report, runtime
-from trainer.files import write_text_atomic
+from trainer.files import check_replaceable, first_line, read_json_or_none, write_text_atomic
 from trainer.loop import evaluate, make_loader
-from trainer.scan import cache_file, check_files
+from trainer.scan import cache_file, check_file, check_files
 from trainer.transforms import Preprocessing, eval_transform, load_rgb
 
 
@@ -94,6 +94,23 @@ def readable_items(
     return good, sorted(bad.items())
 
 
+def not_pre_split_note(model_dir: str | Path, data_dir: str | Path, layout: str) -> str | None:
+    """What eval says when it scores a whole class folder: its numbers include any image the
+    model trained on, unlike a pre-split folder's test split."""
+    notes: list[str] = []
+    root = data.find_image_root(Path(data_dir).expanduser(), layout, notes)
+    if data.split_folders(root, layout, notes, need_train=False):
+        return None
+    note = (
+        f"{data_dir} is not pre-split: every image is scored, including any the model was "
+        "trained on; for honest numbers evaluate a held-out folder"
+    )
+    run_report = Path(model_dir).parent / "report.json"
+    if run_report.is_file() and (run_report.parent / "trainer-run.json").is_file():
+        note += f", or see {run_report} (the run's held-out split)"
+    return note
+
+
 class _PathDataset(Dataset):
     """Images by path; an unreadable file yields ok=0 instead of raising."""
 
@@ -108,7 +125,9 @@ class _PathDataset(Dataset):
             pixels, ok, error = self.transform(load_rgb(self.paths[i])), 1, ""
         except Exception as e:  # any decode failure: report the file, keep going
             size = self.pre.image_size
-            pixels, ok, error = torch.zeros(3, size, size), 0, f"{type(e).__name__}: {e}"
+            # the reason in `trainer scan`'s words ("empty file (0 bytes)"), as eval gives it
+            reason = check_file(self.paths[i]) or f"{type(e).__name__}: {e}"
+            pixels, ok, error = torch.zeros(3, size, size), 0, reason
         return {"pixel_values": pixels, "index": i, "ok": ok, "error": error}
 
 
@@ -187,11 +206,15 @@ def write_predictions(rows: list[dict], out: str | Path, topk: int) -> None:
         write_text_atomic(out, predictions_csv(rows))
 
 
-def predictions_csv(rows: list[dict]) -> str:
-    k = max((len(r["labels"]) for r in rows), default=1)
+def predictions_header(k: int) -> list[str]:
     header = ["path", "label", "probability"]
     for j in range(2, k + 1):
         header += [f"label_{j}", f"probability_{j}"]
+    return header
+
+
+def predictions_csv(rows: list[dict]) -> str:
+    header = predictions_header(max((len(r["labels"]) for r in rows), default=1))
     text = io.StringIO(newline="")
     w = csv.writer(text)
     w.writerow(header)
@@ -201,3 +224,67 @@ def predictions_csv(rows: list[dict]) -> str:
             cells += [label, f"{prob:.6f}"]
         w.writerow(cells)
     return text.getvalue()
+
+
+# ----------------------------------------------------------------------------- earlier outputs
+# What predict and eval wrote before, told apart from the user's own files: only these are
+# replaced by a new --out / --json / --report (files.check_replaceable).
+
+PREDICTION_KEYS = {"path", "labels", "probabilities"}
+REPORT_NAMES = {"report.json", "report.md", "plots"}
+REPORT_PLOTS = {"confusion_matrix.png", "mistakes.png"}
+
+
+def is_predictions_file(path: Path) -> bool:
+    """A CSV or JSON that write_predictions wrote."""
+    line = first_line(path)
+    if line is None:
+        return False
+    cells = line.split(",")
+    if len(cells) % 2 == 1 and cells == predictions_header((len(cells) - 1) // 2):
+        return True
+    rows = read_json_or_none(path)
+    return isinstance(rows, list) and all(
+        isinstance(r, dict) and set(r) == PREDICTION_KEYS for r in rows
+    )
+
+
+def is_metrics_json(path: Path) -> bool:
+    """A JSON that `trainer eval --json` wrote."""
+    result = read_json_or_none(path)
+    return isinstance(result, dict) and {"accuracy", "class_names"} <= set(result)
+
+
+def is_eval_report(folder: Path) -> bool:
+    """A folder that `trainer eval --report` wrote: report.json of the report's shape, report.md
+    and plots/ with its two PNGs, nothing else (a run folder holds its model, config, ...)."""
+    names = {p.name for p in folder.iterdir()}
+    if "report.json" not in names or not names <= REPORT_NAMES:
+        return False
+    plots = folder / "plots"
+    if plots.exists() and not (
+        plots.is_dir() and {p.name for p in plots.iterdir()} <= REPORT_PLOTS
+    ):
+        return False
+    report_json = folder / "report.json"
+    content = read_json_or_none(report_json) if report_json.is_file() else None
+    return isinstance(content, dict) and {"overall", "per_class"} <= set(content)
+
+
+def check_outputs(
+    out: str | None = None, json_out: str | None = None, report_dir: str | None = None
+) -> None:
+    """Refuse, before any work, an output path that holds something predict/eval did not write."""
+    if out is not None and out != "-":
+        check_replaceable(
+            Path(out), "--out", is_predictions_file, "a predictions file written by trainer predict"
+        )
+    if json_out is not None:
+        check_replaceable(
+            Path(json_out), "--json", is_metrics_json, "a metrics file written by trainer eval"
+        )
+    if report_dir is not None:
+        what = "a report folder written by trainer eval --report"
+        if (Path(report_dir) / "trainer-run.json").is_file():
+            what += " (it is a training run folder)"
+        check_replaceable(Path(report_dir), "--report", is_eval_report, what, folder=True)

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
-from trainer.config import ConfigError, ModelConfig
+from trainer.config import RANGES, ConfigError, ModelConfig
 from trainer.errors import WRITE_ERRNOS, writing
 from trainer.files import apply_umask
 from trainer.safeload import ModelError, load_safetensors, load_torch_weights
@@ -232,7 +232,10 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors, or from .pth/.pt/.bin with weights_only=True (no code runs)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ModelError(f"model.pretrained: weights file {str(path)!r} does not exist")
+        raise ModelError(
+            f"model.pretrained: weights file {str(path)!r} does not exist "
+            "(model.pretrained takes true, false or a weights file path)"
+        )
     try:
         state = (
             load_safetensors(path) if path.suffix == ".safetensors" else load_torch_weights(path)
@@ -361,10 +364,12 @@ def load_model_folder(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
     """Rebuild the classifier from a model folder alone (no network, no training config)."""
     folder = Path(folder)
     meta_path, weights_path = folder / "config.json", folder / "model.safetensors"
-    if not meta_path.is_file() or not weights_path.is_file():
+    if not _is_model_folder(folder):
+        inner = folder / "model"  # a run folder given instead of RUN_DIR/model
+        hint = f"; did you mean {inner}?" if _is_model_folder(inner) else ""
         raise ModelError(
             f"{str(folder)!r} is not a model folder: expected config.json and model.safetensors "
-            f"(a training run writes one to RUN_DIR/model)"
+            f"(a training run writes one to RUN_DIR/model){hint}"
         )
     meta = read_model_meta(meta_path)
     arch = meta["architecture"]
@@ -379,8 +384,10 @@ def load_model_folder(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
     except (ConfigError, TypeError) as e:
         raise ModelError(f"{meta_path}: architecture.{e}; {REWRITE}") from None
     model, _ = build_model(cfg, meta["num_classes"])
+    state = load_safetensors(weights_path)
+    _check_finite(state, weights_path)
     try:
-        model.load_state_dict(load_safetensors(weights_path))
+        model.load_state_dict(state)
     except RuntimeError as e:  # missing/unexpected keys or shapes: not this folder's weights
         raise ModelError(
             f"{weights_path} does not fit the architecture in {meta_path}: "
@@ -390,7 +397,25 @@ def load_model_folder(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
     return model, meta
 
 
+def _is_model_folder(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """NaN/inf weights: bytes damaged under an intact header (or a run that diverged) would
+    otherwise give every image probability nan. One pass over the tensors (ms for a ResNet)."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelError(
+                f"{path}: holds non-finite weights (NaN or inf in {name}; damaged?); "
+                "copy it again or retrain"
+            )
+
+
 REWRITE = "was it edited by hand? Use the config.json the training run wrote"
+# What training can write: data.image_size's range; a resize up to twice the crop.
+IMAGE_SIZES = (RANGES["DataConfig.image_size"].low, RANGES["DataConfig.image_size"].high)
+RESIZE_SIZES = (IMAGE_SIZES[0], 2 * IMAGE_SIZES[1])
 
 
 def read_model_meta(meta_path: Path) -> dict[str, Any]:
@@ -418,7 +443,7 @@ def read_model_meta(meta_path: Path) -> dict[str, Any]:
         )
     try:
         pre = Preprocessing.from_dict(meta["preprocessing"])
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise ModelError(
             f"{meta_path}: preprocessing is incomplete or wrong ({type(e).__name__}: {e}); {REWRITE}"
         ) from None
@@ -432,6 +457,10 @@ def read_model_meta(meta_path: Path) -> dict[str, Any]:
         ) from None
     numbers = [pre.image_size, pre.resize_size, *pre.mean, *pre.std]
     finite = all(isinstance(x, (int, float)) and math.isfinite(x) for x in numbers)
-    if not finite or len(pre.mean) != 3 or len(pre.std) != 3 or min(pre.image_size, *pre.std) <= 0:
+    sizes_ok = (
+        IMAGE_SIZES[0] <= pre.image_size <= IMAGE_SIZES[1]
+        and RESIZE_SIZES[0] <= pre.resize_size <= RESIZE_SIZES[1]
+    )
+    if not finite or len(pre.mean) != 3 or len(pre.std) != 3 or min(pre.std) <= 0 or not sizes_ok:
         raise ModelError(f"{meta_path}: preprocessing holds impossible numbers; {REWRITE}")
     return meta

@@ -50,6 +50,11 @@ def load_torch_weights(path: str | Path) -> Any:
     code works) is refused without running anything.
     """
     path = _existing(path)
+    if not _looks_like_torch_file(path):
+        raise WeightsFileError(
+            f"{path}: not a weights file (.safetensors or .pth); give the file the weights were "
+            "saved to"
+        )
     try:
         with warnings.catch_warnings():
             # Protocol-4 pickles load fine; torch's warning about them is noise here.
@@ -64,6 +69,19 @@ def load_weights(path: str | Path) -> Any:
     if Path(path).suffix == ".safetensors":
         return load_safetensors(path)
     return load_torch_weights(path)
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """What torch.save writes starts like this: a zip archive (since torch 1.6), a pickle
+    (legacy format, protocol 2+) or a tar archive (the oldest). Anything else (an image, a
+    text file) would only give the unpickler's 'Unsupported operand 80'."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    return (
+        head[:4] in (b"PK\x03\x04", b"PK\x05\x06")  # zip; an empty zip starts with the end record
+        or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+        or head[257:262] == b"ustar"
+    )
 
 
 def _existing(path: str | Path) -> Path:

@@ -188,11 +188,13 @@ def test_predictions_into_a_full_disk_exit_2_naming_the_mount_and_the_file(
 def test_eval_json_into_a_full_disk_exits_2_and_keeps_the_old_file(
     model_dir, images, full_disk, capsys
 ):
-    out = full_disk / "keep.txt"  # an existing file the user asked to replace
+    out = full_disk / "keep.txt"  # an earlier --json (only those may be replaced)
+    earlier = '{"accuracy": 0.5, "class_names": ["a", "b"]}'
+    out.write_text(earlier, encoding="utf-8")  # fits the page the old text had
     argv = ["eval", str(model_dir), str(images), "--num-workers", "0", "--json", str(out)]
     assert main(argv) == 2
     _assert_no_space(_one_error_line(capsys.readouterr().err, "eval"), full_disk, out)
-    assert out.read_text(encoding="utf-8") == "the user's file\n"
+    assert out.read_text(encoding="utf-8") == earlier
 
 
 def test_a_training_run_into_a_full_disk_exits_2_naming_the_mount(images, full_disk):

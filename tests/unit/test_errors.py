@@ -221,6 +221,64 @@ def test_an_os_error_from_a_dataloader_worker_is_read_back_from_its_text():
     assert text.startswith("/d/a.png: Permission denied;") and "access" in text
 
 
+def test_a_tilde_path_of_no_such_user_is_one_line_naming_the_path(monkeypatch, capsys):
+    import trainer.cli as cli
+
+    def expand(args):  # what pathlib does with '~nouser/x' in any command
+        return Path("~nouser-e7/x").expanduser()
+
+    with pytest.raises(RuntimeError, match=errors.NO_HOME):
+        expand(None)
+    monkeypatch.setitem(cli.COMMANDS, "recipes", expand)
+    argv = ["recipes"]
+    assert errors.user_message(RuntimeError("Could not determine home directory.")) is not None
+    assert main(argv) == 2
+    line = capsys.readouterr().err.strip()
+    assert "Traceback" not in line and "\n" not in line and "full path" in line
+    found = errors.unknown_user_message(["train", "data.root=~nouser-e7/x", "output_dir=~/r"])
+    assert found == "'~nouser-e7/x': no user 'nouser-e7' on this machine; give the full path"
+    assert errors.unknown_user_message(["scan", "~nouser-e7/x"]).startswith("'~nouser-e7/x'")
+
+
+def test_ctrl_c_raises_once_and_ignores_the_ones_after_it():
+    from trainer.cli import CtrlC
+
+    handler = CtrlC()
+    with pytest.raises(KeyboardInterrupt):
+        handler(2, None)
+    assert handler(2, None) is None and handler(2, None) is None
+
+
+def test_a_second_ctrl_c_while_saying_interrupted_does_not_become_a_traceback(monkeypatch):
+    """`timeout -s INT` and terminals can send two SIGINTs at once: the second one arrived while
+    main printed 'interrupted' and escaped as a KeyboardInterrupt traceback."""
+    import io
+    import signal
+
+    import trainer.cli as cli
+
+    class SecondCtrlC(io.StringIO):
+        def write(self, text: str) -> int:
+            signal.raise_signal(signal.SIGINT)  # runs the Python handler before returning
+            return super().write(text)
+
+    def interrupted(args):
+        signal.raise_signal(signal.SIGINT)
+
+    stderr = SecondCtrlC()
+    monkeypatch.setitem(cli.COMMANDS, "recipes", interrupted)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        code = main(["recipes"])
+    except KeyboardInterrupt:  # not raised on: pytest would take it as the user's Ctrl-C
+        pytest.fail("a second Ctrl-C escaped main() as KeyboardInterrupt")
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert code == 130
+    assert stderr.getvalue() == "trainer recipes: interrupted\n"
+
+
 def test_bugs_are_not_user_errors():
     for error in (KeyError("x"), RuntimeError("boom"), TypeError("t"), ValueError("v")):
         assert errors.user_message(error) is None
@@ -354,6 +412,23 @@ GOOD_META = {
         (
             {**GOOD_META, "architecture": {**GOOD_META["architecture"], "head_hidden": -3}},
             "head_hidden",
+        ),
+        # sizes no training writes: they would ask for gigabytes per image (MemoryError)
+        (
+            {**GOOD_META, "preprocessing": {**GOOD_META["preprocessing"], "image_size": 10**9}},
+            "impossible",
+        ),
+        (
+            {**GOOD_META, "preprocessing": {**GOOD_META["preprocessing"], "resize_size": 10**9}},
+            "impossible",
+        ),
+        (
+            {**GOOD_META, "preprocessing": {**GOOD_META["preprocessing"], "image_size": 2}},
+            "impossible",
+        ),
+        (
+            {**GOOD_META, "preprocessing": {**GOOD_META["preprocessing"], "image_size": 1e999}},
+            "preprocessing is incomplete or wrong (OverflowError",
         ),
     ],
 )
