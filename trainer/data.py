@@ -9,8 +9,9 @@ what was found: the layout is never guessed. A root that only wraps one sub-fold
 `facade-dataset/角度正/` holding `0/` and `1/`) is descended into, with a note. Symlinks are
 followed once per real folder and each real image is listed once; two class folders that are one
 folder (a link) are refused, an image or folder linked into two classes is used in one, with a
-note, and a class folder is never entered from another class. The index is built with `os.scandir` (fast on large trees) and handed to
-`datasets` as explicit file paths, so `datasets`' own imagefolder resolver is never run.
+note, and a class folder is never entered from another class. The index is built with
+`os.scandir` (fast on large trees) and handed to `datasets` as explicit file paths, so
+`datasets`' own imagefolder resolver is never run.
 With `data.check_images`, every indexed file is decoded once (`trainer.scan`, cached) and bad
 files are left out before the split, so the split of the good files is the same on every rank.
 """

@@ -2,7 +2,8 @@
 
 checkpoint.resume=auto (the default) continues an unfinished run from its newest complete,
 undamaged checkpoint, so rerunning the same command (by hand, or a requeued Slurm job) picks up
-where it stopped. A finished run (summary.json) is never touched without overwrite=true. The
+where it stopped. A finished run (summary.json) is never touched without overwrite=true, nor
+one that holds what it trained (model/, a report, epochs) but no checkpoint to continue from. The
 settings that shape the weights must match the run being continued; those that do not (workers,
 logging, tracking, retention) may change. The data must not: the files of every split are
 compared with the run's splits.csv. All of it runs after the inputs were checked and the folder
@@ -141,13 +142,19 @@ def _choose(cfg: RunConfig, run_dir: Path, say) -> str | None:
 
 
 def _results(run_dir: Path) -> list[str]:
-    """What a run folder holds that training produced (a fresh start would replace it)."""
+    """What a run folder without checkpoints holds that training produced (a fresh start would
+    replace it); nothing for a run that died in its first save."""
+    epochs = [e for e in read_events(run_dir / METRICS_FILE) if e.get("event") == "epoch"]
+    reports = [name for name in ("report.json", "report.md") if (run_dir / name).is_file()]
+    if (run_dir / "checkpoints").is_dir() and len(epochs) <= 1 and not reports:
+        # Its first save failed (a full disk) or was killed: the one epoch it trained (and
+        # model/ of it) is what the retry redoes first. A deleted checkpoints/ is not this.
+        return []
     found = []
     model = run_dir / "model"
     if model.is_dir() and any(model.iterdir()):
         found.append("a trained model/")
-    found += [name for name in ("report.json", "report.md") if (run_dir / name).is_file()]
-    epochs = [e for e in read_events(run_dir / METRICS_FILE) if e.get("event") == "epoch"]
+    found += reports
     if epochs:
         found.append(
             f"{METRICS_FILE} of {len(epochs)} trained epoch{'s' if len(epochs) > 1 else ''}"

@@ -286,21 +286,32 @@ def unfinished_run(folder: Path, *, model: bool, epochs: int) -> Path:
     return folder
 
 
-def test_a_run_that_died_before_its_first_save_starts_fresh(tmp_path):
-    run = unfinished_run(tmp_path / "run", model=False, epochs=0)
+@pytest.mark.parametrize("model, epochs", [(False, 0), (True, 1)])
+def test_a_run_that_died_before_or_in_its_first_save_starts_fresh(tmp_path, model, epochs):
+    run = unfinished_run(tmp_path / "run", model=model, epochs=epochs)
+    if model:  # its first save failed (full disk, removed) or was killed: checkpoints/ is there
+        (run / "checkpoints" / "step-00000003.tmp").mkdir(parents=True)
     cfg = load_config("cpu-smoke", [f"output_dir={run}"])
     assert _choose(cfg, run, print) is None
 
 
 @pytest.mark.parametrize(
     "model, epochs, named",
-    [(True, 2, "a trained model/"), (False, 1, "metrics.jsonl of 1 trained epoch")],
+    [
+        (True, 2, "a trained model/"),
+        (True, 1, "a trained model/"),
+        (False, 1, "metrics.jsonl of 1 trained epoch"),
+        (True, 3, "metrics.jsonl of 3 trained epochs"),
+    ],
 )
 def test_a_trained_run_without_checkpoints_is_refused_unless_overwrite(
     tmp_path, model, epochs, named
 ):
-    # checkpoints/ deleted to free disk space, or never written (checkpoint.enabled=false)
+    # checkpoints/ deleted to free disk space, or never written (checkpoint.enabled=false), or
+    # emptied after more epochs than a first save covers
     run = unfinished_run(tmp_path / "run", model=model, epochs=epochs)
+    if epochs == 3:
+        (run / "checkpoints").mkdir()
     before = tree(run)
     cfg = load_config("cpu-smoke", [f"output_dir={run}"])
     with pytest.raises(ConfigError, match="no checkpoint to continue from") as refused:
