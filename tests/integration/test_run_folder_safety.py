@@ -135,7 +135,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     write_lock(run, dead.pid)
     proc = train_smoke(root, run, *FAST)
     assert_ok(proc)
-    assert f"taking over the lock of {run}: pid {dead.pid}" in proc.stdout
+    assert f"taking over the lock of {run}: the run of pid {dead.pid}" in proc.stdout
     assert not (run / rundir.LOCK).exists()  # released at the end
 
 
