@@ -11,9 +11,9 @@ Everything is written into step-...tmp/, which is renamed into place only when c
 folder named step-NNNNNNNN is whole or absent. A save that fails (a full disk) removes its .tmp
 at once, and one left by a killed save is removed when the next run starts, so a retry has the
 space back. The same step saved again (after a resume) replaces the old folder only once the new
-one is in place. Loading checks the manifest: a damaged checkpoint
-(a truncated file) is refused with the reason, and the one before it is used. Nothing here ever
-unpickles code: JSON, safetensors and torch.load(weights_only=True).
+one is in place. Loading checks the manifest: a damaged checkpoint (a truncated file) is refused
+with the reason, and the one before it is used. Nothing here ever unpickles code: JSON,
+safetensors and torch.load(weights_only=True).
 """
 
 from __future__ import annotations
@@ -192,7 +192,8 @@ def save(
                 _write_main(tmp, payload)
         accelerator.wait_for_everyone()
         if main:
-            _commit(tmp, final)
+            with writing(tmp):  # the manifest, too, may meet a full disk
+                _commit(tmp, final)
     except BaseException:
         if main:  # a half-written checkpoint on a full disk would keep it full for the retry
             shutil.rmtree(tmp, ignore_errors=True)

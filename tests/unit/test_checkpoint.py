@@ -76,13 +76,13 @@ def _disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-@pytest.mark.parametrize("writer", ["save_file", "torch.save"])
+@pytest.mark.parametrize("writer", ["save_file", "torch.save", "_fsync"])  # last: the manifest
 def test_a_save_that_fails_on_a_full_disk_removes_its_half_written_folder(
     tmp_path, monkeypatch, writer
 ):
     previous = _save(tmp_path, 1)
     before = {p.name: p.read_bytes() for p in previous.iterdir()}
-    owner, name = (checkpoint, "save_file") if writer == "save_file" else (torch, "save")
+    owner, name = (torch, "save") if writer == "torch.save" else (checkpoint, writer)
     monkeypatch.setattr(owner, name, _disk_full)
     with pytest.raises(OSError) as failed:
         _save(tmp_path, 2)
