@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from trainer import files
 from trainer.config import ConfigError, PhaseConfig, RunConfig, load_config
 
 BLOG_BATCH_SIZE = 16  # what the blog scripts use, with num_workers=0, fp32, NCHW
@@ -231,8 +232,8 @@ def make_jpeg_folder(
 def _warm_page_cache(root: Path) -> int:
     """Read every file once, so no case pays for the disk and the one run first is not penalized."""
     total = 0
-    for dirpath, _, files in os.walk(root):
-        for name in files:
+    for dirpath, _, names in os.walk(root):
+        for name in names:
             with open(os.path.join(dirpath, name), "rb") as f:
                 while chunk := f.read(1 << 20):
                     total += len(chunk)
@@ -807,7 +808,7 @@ def _settings(opts: BenchOptions, s: Setup) -> dict[str, Any]:
 
 def _write_json(opts: BenchOptions, result: dict) -> None:
     if opts.json:
-        Path(opts.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        files.write_text_atomic(Path(opts.json), json.dumps(result, indent=2) + "\n")
         print(f"numbers -> {opts.json}")
 
 
@@ -995,4 +996,11 @@ def bench(opts: BenchOptions) -> dict[str, Any]:
         from trainer.data import DataError
 
         raise DataError(f"--data: {opts.data!r} is not a folder")
+    if opts.json:  # minutes of benchmarking must not end by overwriting a user's file
+        files.check_replaceable(Path(opts.json), "--json", _is_bench_json, "a trainer bench report")
     return run_whole(opts) if opts.whole_run else run_bench(opts)
+
+
+def _is_bench_json(path: Path) -> bool:
+    found = files.read_json_or_none(path)
+    return isinstance(found, dict) and {"device", "settings"} <= set(found)

@@ -74,7 +74,9 @@ class StopFlag:
         elif name == "SIGINT":
             if self.saving:
                 _say("saving the checkpoint, please wait")
-            else:
+            else:  # out now: further Ctrl-Cs must not interrupt the way out
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                self._previous.pop(signal.SIGINT, None)
                 raise KeyboardInterrupt
 
     @contextmanager

@@ -177,6 +177,17 @@ def test_whole_run_times_ours_and_the_blog_script(tmp_path):
     assert settings["split_counts"] == {"train": 30, "val": 6, "test": 6}
 
 
+def test_json_over_a_file_that_is_not_a_bench_report_is_refused_before_any_work(tmp_path):
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"my": "notes"}')
+    proc = run_cli(
+        "trainer", "bench", "--json", str(mine), "--images", "6", "--classes", "3", cwd=tmp_path
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--json" in proc.stderr and "not a trainer bench report" in proc.stderr
+    assert "Traceback" not in proc.stderr and mine.read_text() == '{"my": "notes"}'
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
