@@ -52,7 +52,14 @@ from trainer import (
 from trainer.config import ConfigError, PhaseConfig, RunConfig
 from trainer.ema import ModelEMA
 from trainer.errors import writing
-from trainer.preemption import EXIT_PREEMPTED, Preempted, StopFlag, ignore_in_workers, requeue
+from trainer.preemption import (
+    EXIT_PREEMPTED,
+    Preempted,
+    StopFlag,
+    ignore_in_workers,
+    kill_workers_at_exit,
+    requeue,
+)
 from trainer.resume import Position, Resume, continue_run, prepare_run_dir
 from trainer.safeload import load_safetensors
 from trainer.sampling import EpochBatchSampler, SeededView
@@ -120,7 +127,7 @@ def make_loader(ds, batch_size: int, *, workers: int, collate=None) -> DataLoade
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
         # Ctrl-C reaches the whole process group: a worker it killed would fail the next pass.
-        worker_init_fn=_init_worker if workers > 0 else None,
+        worker_init_fn=_worker_init(workers),
     )
 
 
@@ -142,10 +149,19 @@ def make_train_loader(
         num_workers=workers,
         pin_memory=pin and torch.cuda.is_available(),  # not for batches already on the device
         persistent_workers=workers > 0,
-        worker_init_fn=_init_worker if workers > 0 else None,
+        worker_init_fn=_worker_init(workers),
         # Workers' base seed comes from here, not from the global RNG that a resume restores.
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _worker_init(workers: int):
+    """The worker_init_fn of a loader with `workers` processes: they leave signals to this
+    process, which therefore has to end them itself at exit."""
+    if workers == 0:
+        return None
+    kill_workers_at_exit()
+    return _init_worker
 
 
 def _init_worker(worker_id: int) -> None:

@@ -22,6 +22,8 @@ model download) Ctrl-C raises KeyboardInterrupt as usual.
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -115,6 +117,27 @@ def ignore_in_workers() -> None:
     would end the run before the checkpoint."""
     for sig in SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+def kill_workers_at_exit() -> None:
+    """Workers that ignore SIGTERM would hang the interpreter's exit: multiprocessing ends its
+    daemonic children (the DataLoader workers of loaders never garbage-collected, e.g. persistent
+    eval workers) with SIGTERM and then joins them. This registers, once, an exit hook that runs
+    before it (atexit is last in, first out) and ends them with SIGKILL instead."""
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(_kill_daemonic_children)
+        _exit_hook_registered = True
+
+
+_exit_hook_registered = False
+
+
+def _kill_daemonic_children() -> None:
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(timeout=5)
 
 
 def ignore_ctrl_c() -> None:
