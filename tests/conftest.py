@@ -127,6 +127,22 @@ def train_smoke(
     return run_cli(*args, *overrides, env=env)
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """An untrained ResNet-18 model folder for classes a and b (32 px): for the CLI's checks of
+    predict, eval and export, where what the model answers does not matter."""
+    from trainer.config import ModelConfig
+    from trainer.models import build_model, save_model_folder
+    from trainer.transforms import Preprocessing
+
+    cfg = ModelConfig(name="torchvision/resnet18", pretrained=False)
+    model, _ = build_model(cfg, 2)
+    pre = Preprocessing(32, 36, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    folder = tmp_path_factory.mktemp("model") / "model"
+    save_model_folder(model, folder, cfg, ["a", "b"], pre)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> tuple[Path, Path]:
     """(image folder, run folder) of one short CPU training run, shared by the integration tests."""

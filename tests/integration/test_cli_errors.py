@@ -23,20 +23,6 @@ from trainer.cli import main
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    from trainer.config import ModelConfig
-    from trainer.models import build_model, save_model_folder
-    from trainer.transforms import Preprocessing
-
-    cfg = ModelConfig(name="torchvision/resnet18", pretrained=False)
-    model, _ = build_model(cfg, 2)
-    pre = Preprocessing(32, 36, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    folder = tmp_path_factory.mktemp("model") / "model"
-    save_model_folder(model, folder, cfg, ["a", "b"], pre)
-    return folder
-
-
 @pytest.fixture
 def images(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("TRAINER_CACHE_DIR", str(tmp_path / "cache"))
