@@ -42,8 +42,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from trainer.config import DataConfig
-from trainer.preemption import ignore_ctrl_c
 from trainer.sampling import sample_seed
+from trainer.scan import ctrl_c_held, ignore_ctrl_c
 from trainer.transforms import Preprocessing, load_rgb
 
 FORMAT = 1  # bump when the cache layout or the resize changes
@@ -188,7 +188,9 @@ def _decode_into(
         (str(file), list(enumerate(paths))[i : i + chunk], n, size, pre) for i in range(0, n, chunk)
     ]
     if workers > 1 and n > chunk:
-        with mp.get_context("fork").Pool(workers, initializer=ignore_ctrl_c) as pool:
+        with ctrl_c_held():  # the workers are forked here
+            pool = mp.get_context("fork").Pool(workers, initializer=ignore_ctrl_c)
+        with pool:
             for _ in pool.imap_unordered(_fill, jobs):
                 pass
     else:

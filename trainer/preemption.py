@@ -140,12 +140,6 @@ def _kill_daemonic_children() -> None:
             child.join(timeout=5)
 
 
-def ignore_ctrl_c() -> None:
-    """Initializer of helper process pools (image checks, the pixel cache): Ctrl-C is the
-    parent's to handle; a worker would print a KeyboardInterrupt traceback each."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _say(text: str) -> None:
     """From a signal handler: one unbuffered write (print could re-enter a stream the handler
     interrupted, e.g. a progress bar's), and only on the main rank."""

@@ -13,6 +13,7 @@ of decoding again, so every rank skips exactly the same files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -208,10 +209,12 @@ def _check_in_pool(
     # Workers leave Ctrl-C to this process (else each prints a KeyboardInterrupt traceback);
     # on an interruption the chunks not started are dropped, not decoded before exiting.
     pool = ProcessPoolExecutor(
-        min(workers, len(chunks)), mp_context=_mp_context(), initializer=_ignore_ctrl_c
+        min(workers, len(chunks)), mp_context=_mp_context(), initializer=ignore_ctrl_c
     )
     try:
-        for future in as_completed([pool.submit(_check_chunk, c, limit) for c in chunks]):
+        with ctrl_c_held():  # the workers are forked in submit()
+            futures = [pool.submit(_check_chunk, c, limit) for c in chunks]
+        for future in as_completed(futures):
             part = future.result()
             out.update(part)
             bar.update(len(part))
@@ -220,8 +223,23 @@ def _check_in_pool(
     return out
 
 
-def _ignore_ctrl_c() -> None:
+@contextlib.contextmanager
+def ctrl_c_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT blocked) while helper processes are forked: a child inherits the
+    mask, so one forked just before a Ctrl-C cannot take it (and print a KeyboardInterrupt
+    traceback) before `ignore_ctrl_c` runs in it. This process gets the held Ctrl-C at the end."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def ignore_ctrl_c() -> None:
+    """Initializer of helper process pools (image checks, the pixel cache): Ctrl-C is the
+    parent's to handle; a worker would print a KeyboardInterrupt traceback each."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held by ctrl_c_held
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
