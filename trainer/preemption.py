@@ -134,10 +134,13 @@ _exit_hook_registered = False
 
 
 def _kill_daemonic_children() -> None:
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.kill()
-            child.join(timeout=5)
+    # torch's SIGCHLD handler would raise "DataLoader worker ... is killed" at the first one
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    children = [c for c in multiprocessing.active_children() if c.daemon]
+    for child in children:
+        child.kill()
+    for child in children:
+        child.join(timeout=5)
 
 
 def _say(text: str) -> None:

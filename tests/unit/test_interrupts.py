@@ -150,3 +150,16 @@ def test_an_interrupted_scan_cache_write_leaves_no_temp_file(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         scan_module._write_cache(target, {"x": [1, 2, None, None]})
     assert os.listdir(tmp_path / "scan") == []
+
+
+def test_a_process_with_live_workers_that_ignore_signals_exits():
+    # Workers ignore SIGTERM, so multiprocessing's exit (SIGTERM, then join) would wait forever;
+    # the loop's exit hook kills them first. Two of them: the first kill must not stop the rest.
+    code = (
+        "import torch; from trainer import loop; "
+        "ds = torch.utils.data.TensorDataset(torch.arange(8.0)); "
+        "kept = loop.make_loader(ds, 2, workers=2); it = iter(kept); next(it); print('done')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
