@@ -80,6 +80,9 @@ def start(runner: str, tmp_path: Path, *args: str) -> subprocess.Popen:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        # A terminal's job takes Ctrl-C; the test may run where SIGINT is ignored (a job started
+        # with `&` by a script inherits SIG_IGN, and so would this child).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
