@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from trainer.demo import write_digits, write_lfw_faces
+from trainer.data.demo import write_digits, write_lfw_faces
 
 # Switches on top of a recipe. Mirror flips stay off: a mirrored digit is another glyph.
 TRICKS = [

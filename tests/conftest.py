@@ -132,8 +132,8 @@ def model_dir(tmp_path_factory) -> Path:
     """An untrained ResNet-18 model folder for classes a and b (32 px): for the CLI's checks of
     predict, eval and export, where what the model answers does not matter."""
     from trainer.config import ModelConfig
-    from trainer.models import build_model, save_model_folder
-    from trainer.transforms import Preprocessing
+    from trainer.data.transforms import Preprocessing
+    from trainer.model.classifier import build_model, save_model_folder
 
     cfg = ModelConfig(name="torchvision/resnet18", pretrained=False)
     model, _ = build_model(cfg, 2)

@@ -20,10 +20,10 @@ BUG_LINE = "this is a bug in trainer; please report it with the command and the 
 # (module, class) of the errors whose message already names the thing and the fix.
 USER_ERRORS = (
     ("trainer.config", "ConfigError"),
-    ("trainer.data", "DataError"),
-    ("trainer.safeload", "ModelError"),
-    ("trainer.checkpoint", "CheckpointError"),
-    ("trainer.export", "ExportError"),
+    ("trainer.data.imagefolder", "DataError"),
+    ("trainer.model.safeload", "ModelError"),
+    ("trainer.train.checkpoint", "CheckpointError"),
+    ("trainer.model.export", "ExportError"),
     ("trainer.files", "OutputError"),
 )
 

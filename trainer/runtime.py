@@ -56,14 +56,6 @@ def local_world_size(accelerator) -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
 
 
-def auto_num_workers(requested: int | None, local_processes: int) -> int:
-    """DataLoader workers per process: as asked, else the CPUs left per process (max 8)."""
-    if requested is not None:
-        return requested
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, min(8, cpus // max(1, local_processes) - 1))
-
-
 def package_version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)

@@ -39,9 +39,9 @@ def test_cached_pipeline_with_channels_last_bf16_and_compile_on_gpu(tmp_path):
 
 
 def test_cached_eval_pixels_on_gpu_match_the_cpu(tmp_path):
-    from trainer import fastdata
     from trainer.config import DataConfig
-    from trainer.transforms import IMAGENET
+    from trainer.data.pipelines import fastdata
+    from trainer.data.transforms import IMAGENET
 
     root = make_folder(tmp_path / "images", ["a"], 4, size=300)
     paths = sorted(str(p) for p in (root / "a").iterdir())

@@ -12,8 +12,9 @@ import os
 import signal
 import sys
 
-from trainer import checkpoint, loop, sampling
 from trainer.cli import main
+from trainer.data import sampling
+from trainer.train import checkpoint, loop
 
 if os.environ.get("SAMPLE_LOG"):
     original_getitems = sampling.SeededView.__getitems__

@@ -26,7 +26,7 @@ from tests.conftest import BIN, REPO, assert_ok, make_folder, make_pre_split, tr
 TRAIN_RUNNER = """
 import os, sys, time
 from pathlib import Path
-from trainer.preemption import StopFlag
+from trainer.train.preemption import StopFlag
 from trainer.cli import main
 original = StopFlag.agreed
 def gated(self, accelerator):
@@ -42,14 +42,14 @@ sys.exit(main())
 # `trainer ARGS` whose image checks wait until $GATE exists (in the pool's worker processes).
 SCAN_RUNNER = """
 import os, sys, time
-from trainer import scan
+from trainer.data import badfiles
 from trainer.cli import main
-original = scan.check_file
+original = badfiles.check_file
 def gated(path, max_pixels=None):
     while not os.path.exists(os.environ["GATE"]):
         time.sleep(0.01)
     return original(path, max_pixels)
-scan.check_file = gated
+badfiles.check_file = gated
 sys.exit(main())
 """
 

@@ -211,7 +211,7 @@ def test_a_pretrained_value_that_is_no_weights_file_says_what_it_takes(
     images, monkeypatch, value, words
 ):
     from trainer.config import ModelConfig
-    from trainer.models import ModelError, build_model
+    from trainer.model.classifier import ModelError, build_model
 
     shutil.copyfile(images / "a" / "img_000.png", images.parent / "some.png")
     with pytest.raises(ModelError) as err:
@@ -220,7 +220,7 @@ def test_a_pretrained_value_that_is_no_weights_file_says_what_it_takes(
 
 
 def test_torch_weights_files_still_load(tmp_path):
-    from trainer.safeload import load_torch_weights
+    from trainer.model.safeload import load_torch_weights
 
     state = {"w": torch.arange(4.0)}
     torch.save(state, tmp_path / "new.pth")

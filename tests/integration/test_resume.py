@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import BIN, REPO, assert_ok, free_port, make_pre_split
-from trainer import checkpoint
+from trainer.train import checkpoint
 
 RUNNER = Path(__file__).with_name("resume_runner.py")
 TRAIN_ROWS = 48  # 3 classes x 16: whole batches of 8 on 1 and on 2 processes, nothing dropped

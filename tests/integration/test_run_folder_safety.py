@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, accelerate_launch, assert_ok, make_folder, train_smoke
-from trainer import rundir
+from trainer.train import rundir
 
 FAST = ("train.epochs=1", "checkpoint.keep_last=1")
 

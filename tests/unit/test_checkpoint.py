@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer import checkpoint, optim
 from trainer.config import OptimConfig
+from trainer.train import checkpoint, optim
 
 
 class OneProcess:
@@ -212,7 +212,7 @@ def test_a_restored_schedule_continues_with_the_rate_it_had():
 
 
 def test_requeue_names_the_array_task_or_the_job(monkeypatch):
-    from trainer import preemption
+    from trainer.train import preemption
 
     for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
         monkeypatch.delenv(name, raising=False)

@@ -8,8 +8,14 @@ from PIL import Image
 
 from tests.conftest import make_folder, make_pre_split
 from trainer.config import DataConfig
-from trainer.data import DataError, labelled_items, scan, stratified_split, to_hf_dataset
-from trainer.transforms import IMAGENET, eval_transform, load_rgb
+from trainer.data.imagefolder import (
+    DataError,
+    labelled_items,
+    scan,
+    stratified_split,
+    to_hf_dataset,
+)
+from trainer.data.transforms import IMAGENET, eval_transform, load_rgb
 
 
 def _labels(items):

@@ -359,8 +359,8 @@ def test_model_folder_files_are_readable_by_others_as_the_umask_allows(tmp_path)
     import torch
 
     from trainer.config import ModelConfig
-    from trainer.models import Classifier, save_model_folder
-    from trainer.transforms import IMAGENET
+    from trainer.data.transforms import IMAGENET
+    from trainer.model.classifier import Classifier, save_model_folder
 
     model = Classifier(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     old = os.umask(0o022)
@@ -436,9 +436,19 @@ GOOD_META = {
     ],
 )
 def test_a_broken_model_folder_config_is_a_model_error_naming_the_file(tmp_path, meta, words):
-    from trainer.models import ModelError, load_model_folder
+    from trainer.model.classifier import ModelError, load_model_folder
 
     folder = _model_folder(tmp_path, meta)
     with pytest.raises(ModelError) as err:
         load_model_folder(folder)
     assert str(folder / "config.json") in str(err.value) and words in str(err.value)
+
+
+def test_every_user_error_class_named_in_the_boundary_exists_where_it_is_named():
+    """The boundary looks user errors up by module path: a class moved without updating
+    USER_ERRORS would turn a user's mistake into a traceback."""
+    import importlib
+
+    for module, name in errors.USER_ERRORS:
+        cls = getattr(importlib.import_module(module), name)
+        assert issubclass(cls, Exception), (module, name)

@@ -12,11 +12,11 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import make_folder
-from trainer import fastdata
-from trainer import scan as scan_module
 from trainer.config import DataConfig
-from trainer.data import list_images
-from trainer.preemption import StopFlag
+from trainer.data import badfiles as scan_module
+from trainer.data.imagefolder import list_images
+from trainer.data.pipelines import fastdata
+from trainer.train.preemption import StopFlag
 
 ONE_PROCESS = SimpleNamespace(num_processes=1)
 
@@ -71,7 +71,7 @@ def test_signals_are_restored_after_training(flag):
 
 def test_loader_workers_ignore_ctrl_c():
     code = (
-        "import os, signal; from trainer.preemption import ignore_in_workers; ignore_in_workers(); "
+        "import os, signal; from trainer.data.workers import ignore_in_workers; ignore_in_workers(); "
         "[os.kill(os.getpid(), s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]; "
         "print('alive')"
     )
@@ -156,9 +156,9 @@ def test_a_process_with_live_workers_that_ignore_signals_exits():
     # Workers ignore SIGTERM, so multiprocessing's exit (SIGTERM, then join) would wait forever;
     # the loop's exit hook kills them first. Two of them: the first kill must not stop the rest.
     code = (
-        "import torch; from trainer import loop; "
+        "import torch; from trainer.data import loaders; "
         "ds = torch.utils.data.TensorDataset(torch.arange(8.0)); "
-        "kept = loop.make_loader(ds, 2, workers=2); it = iter(kept); next(it); print('done')"
+        "kept = loaders.make_loader(ds, 2, workers=2); it = iter(kept); next(it); print('done')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr[-2000:]

@@ -7,7 +7,7 @@ import torchvision
 from safetensors.torch import save_file
 
 from trainer.config import ModelConfig
-from trainer.models import (
+from trainer.model.classifier import (
     ModelError,
     build_model,
     count_trainable,

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from trainer.config import ModelConfig, OptimConfig
-from trainer.metrics import classification_metrics
-from trainer.models import build_model, set_frozen
-from trainer.optim import build_optimizer, lr_factor
+from trainer.evaluation.metrics import classification_metrics
+from trainer.model.classifier import build_model, set_frozen
+from trainer.train.optim import build_optimizer, lr_factor
 
 
 def test_step_decay_every_30_epochs_by_a_tenth():

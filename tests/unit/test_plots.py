@@ -5,10 +5,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import make_folder
-from trainer import plots
 from trainer.config import DataConfig
-from trainer.data import scan, to_hf_dataset
-from trainer.transforms import IMAGENET, train_transform
+from trainer.data.imagefolder import scan, to_hf_dataset
+from trainer.data.transforms import IMAGENET, train_transform
+from trainer.evaluation import plots
 
 
 def _png(path, size):

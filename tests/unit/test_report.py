@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from trainer.metrics import classification_metrics, expected_calibration_error
-from trainer.report import build_report, confident_mistakes, render_markdown
+from trainer.evaluation.metrics import classification_metrics, expected_calibration_error
+from trainer.evaluation.report import build_report, confident_mistakes, render_markdown
 
 
 def _fixed_predictions():

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from trainer import rundir
 from trainer.config import ConfigError, load_config
-from trainer.resume import _choose, _describe_changes
+from trainer.train import rundir
+from trainer.train.resume import _choose, _describe_changes
 
 
 def tree(folder: Path) -> dict[str, str]:
@@ -328,7 +328,7 @@ def test_a_trained_run_without_checkpoints_is_refused_unless_overwrite(
 def test_a_killed_saves_half_written_checkpoint_is_removed_when_the_next_run_starts(tmp_path):
     import torch
 
-    from trainer.resume import prepare_run_dir
+    from trainer.train.resume import prepare_run_dir
 
     run = unfinished_run(tmp_path / "run", model=False, epochs=0)
     half = run / "checkpoints" / "step-00000003.tmp"  # a save killed by a full disk
@@ -361,7 +361,7 @@ def test_a_lock_that_does_not_say_since_when_is_described_without_none(tmp_path)
 
 
 def test_the_last_line_of_a_run_without_a_val_split_says_so():
-    from trainer.loop import done_line
+    from trainer.train.loop import done_line
 
     without_val = {"best_val_accuracy": None, "best_epoch": None}
     line = done_line(without_val, {"accuracy": 0.5, "samples": 4}, 1.5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.sampling import EpochBatchSampler, SeededView
+from trainer.data.sampling import EpochBatchSampler, SeededView
 
 
 def _rows(sampler: EpochBatchSampler) -> list[int]:

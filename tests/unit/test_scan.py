@@ -11,13 +11,13 @@ from PIL import Image
 
 from tests.conftest import make_folder, run_cli
 from tests.image_corpus import BAD, GOOD_ODD, IGNORED, write_corpus
-from trainer import data as data_module
-from trainer import scan as scan_module
 from trainer.cli import main
 from trainer.config import DataConfig
-from trainer.data import DataError, list_images, scan, write_bad_files_csv
-from trainer.scan import cache_file, check_file, check_files
-from trainer.transforms import load_rgb
+from trainer.data import badfiles as scan_module
+from trainer.data import imagefolder as data_module
+from trainer.data.badfiles import cache_file, check_file, check_files
+from trainer.data.imagefolder import DataError, list_images, scan, write_bad_files_csv
+from trainer.data.transforms import load_rgb
 
 
 @pytest.fixture(autouse=True)

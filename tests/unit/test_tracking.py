@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trainer.config import load_config
-from trainer.tracking import WANDB_RUN_FILE, Tracker, read_events
+from trainer.train.tracking import WANDB_RUN_FILE, Tracker, read_events
 
 
 class FakeAccelerator:

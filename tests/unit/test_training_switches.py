@@ -7,13 +7,13 @@ from torchvision.transforms import v2
 
 from tests.conftest import make_folder
 from trainer.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
-from trainer.data import scan
-from trainer.ema import ModelEMA
-from trainer.loop import Progress
-from trainer.losses import Criterion, balanced_class_weights, batch_mixer
-from trainer.models import build_model, freeze_batchnorm, set_frozen
-from trainer.optim import build_optimizer, no_decay_names
-from trainer.transforms import IMAGENET, train_transform
+from trainer.data.imagefolder import scan
+from trainer.data.transforms import IMAGENET, train_transform
+from trainer.model.classifier import build_model, freeze_batchnorm, set_frozen
+from trainer.train.ema import ModelEMA
+from trainer.train.loop import Progress
+from trainer.train.losses import Criterion, balanced_class_weights, batch_mixer
+from trainer.train.optim import build_optimizer, no_decay_names
 
 
 def _resnet18(classes=3):

@@ -3,7 +3,7 @@ import sys
 
 import torch
 
-from trainer import weights
+from trainer.model import weights
 
 
 def test_list_finds_torchvision_files_in_the_cache(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from trainer.config import DataConfig
-    from trainer.data import DataIndex
+    from trainer.data.imagefolder import DataIndex
 
 EXIT_USAGE = 2
 
@@ -358,7 +358,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     from trainer.errors import writing
-    from trainer.loop import run  # heavy imports only after the config is known to be good
+    from trainer.train.loop import run  # heavy imports only after the config is known to be good
 
     with writing(cfg.output_dir):  # a full disk names at least the run folder
         run(cfg)
@@ -392,7 +392,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _layout_as_flag() -> Iterator[None]:
     """scan and eval take the layout as --layout: say so in a layout error, not data.layout=."""
-    from trainer.data import DataError
+    from trainer.data.imagefolder import DataError
 
     try:
         yield
@@ -404,7 +404,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     import json
 
     from trainer.config import DataConfig
-    from trainer.data import DataError, scan
+    from trainer.data.imagefolder import DataError, scan
 
     if not Path(args.data_dir).expanduser().is_dir():
         raise DataError(f"{args.data_dir!r} is not a folder")
@@ -481,8 +481,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from trainer.errors import writing
+    from trainer.evaluation.inference import check_outputs, evaluate_folder, not_pre_split_note
     from trainer.files import write_text_atomic
-    from trainer.inference import check_outputs, evaluate_folder, not_pre_split_note
 
     check_outputs(json_out=args.json, report_dir=args.report)  # before any work
     # A full disk while writing the report names its folder (the files are written inside).
@@ -524,8 +524,8 @@ def _print_skipped(bad: list[tuple[str, str]]) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from trainer.data import DataError
-    from trainer.inference import check_outputs, predict_paths, write_predictions
+    from trainer.data.imagefolder import DataError
+    from trainer.evaluation.inference import check_outputs, predict_paths, write_predictions
 
     check_outputs(out=args.out)  # before the model runs: a refusal changes nothing
     rows, bad = predict_paths(
@@ -552,7 +552,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from trainer.export import ParityError, export_model
+    from trainer.model.export import ParityError, export_model
 
     out = args.out or f"{str(args.model_dir).rstrip('/')}-{args.format}"
     try:
@@ -570,7 +570,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from trainer import weights
+    from trainer.model import weights
 
     if args.weights_command == "list":
         rows = weights.list_cached()
@@ -590,7 +590,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from trainer.config import load_config
-    from trainer.demo import write_digits
+    from trainer.data.demo import write_digits
 
     folder = write_digits(args.data)
     print(f"digits image folder: {folder}")
@@ -602,7 +602,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ]
     cfg = load_config("digits", overrides)
     from trainer.errors import writing
-    from trainer.loop import run
+    from trainer.train.loop import run
 
     with writing(cfg.output_dir):
         summary = run(cfg)

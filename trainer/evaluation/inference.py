@@ -18,17 +18,21 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Dataset
 
-from trainer import data, models, report, runtime
+from trainer import runtime
+from trainer.data import imagefolder, loaders
+from trainer.data.badfiles import cache_file, check_file, check_files
+from trainer.data.loaders import make_loader
+from trainer.data.transforms import Preprocessing, eval_transform, load_rgb
+from trainer.evaluation import report
+from trainer.evaluation.evaluate import evaluate
 from trainer.files import check_replaceable, first_line, read_json_or_none, write_text_atomic
-from trainer.loop import evaluate, make_loader
-from trainer.scan import cache_file, check_file, check_files
-from trainer.transforms import Preprocessing, eval_transform, load_rgb
+from trainer.model import classifier
 
 
 def _load(
     model_dir: str | Path, accelerator: Accelerator
 ) -> tuple[torch.nn.Module, dict, Preprocessing]:
-    model, meta = models.load_model_folder(model_dir)
+    model, meta = classifier.load_model_folder(model_dir)
     return accelerator.prepare(model), meta, Preprocessing.from_dict(meta["preprocessing"])
 
 
@@ -41,17 +45,17 @@ def evaluate_folder(
     report_dir: str | Path | None = None,
     layout: str = "auto",
 ) -> dict[str, Any]:
-    """Metrics of the model folder on a labelled class-per-folder tree (read as data.layout
+    """Metrics of the model folder on a labelled class-per-folder tree (read as imagefolder.layout
     `layout`); with `report_dir`, also report.json, report.md and plots there (main process)."""
     accelerator = runtime.make_accelerator()
     try:
         model, meta, pre = _load(model_dir, accelerator)
         names = meta["class_names"]
         items, bad = readable_items(
-            data.labelled_items(data_dir, names, split, layout=layout), data_dir
+            imagefolder.labelled_items(data_dir, names, split, layout=layout), data_dir
         )
-        ds = data.to_hf_dataset(items, names, eval_transform(pre))
-        n_workers = runtime.auto_num_workers(workers, runtime.local_world_size(accelerator))
+        ds = imagefolder.to_hf_dataset(items, names, eval_transform(pre))
+        n_workers = loaders.auto_num_workers(workers, runtime.local_world_size(accelerator))
         loader = make_loader(ds, batch_size, workers=n_workers)
         result, preds = evaluate(
             model, accelerator.prepare(loader), accelerator, len(names), "eval"
@@ -86,7 +90,7 @@ def readable_items(
     good = [(p, label) for p, label in items if p not in bad]
     if not good:
         listed = "; ".join(f"{p} ({r})" for p, r in list(bad.items())[:3])
-        raise data.DataError(
+        raise imagefolder.DataError(
             f"none of the {len(items)} images under {data_dir} can be read: {listed}"
             + (" ..." if len(bad) > 3 else "")
             + "; `trainer scan` lists every bad file"
@@ -98,8 +102,8 @@ def not_pre_split_note(model_dir: str | Path, data_dir: str | Path, layout: str)
     """What eval says when it scores a whole class folder: its numbers include any image the
     model trained on, unlike a pre-split folder's test split."""
     notes: list[str] = []
-    root = data.find_image_root(Path(data_dir).expanduser(), layout, notes)
-    if data.split_folders(root, layout, notes, need_train=False):
+    root = imagefolder.find_image_root(Path(data_dir).expanduser(), layout, notes)
+    if imagefolder.split_folders(root, layout, notes, need_train=False):
         return None
     note = (
         f"{data_dir} is not pre-split: every image is scored, including any the model was "
@@ -137,7 +141,7 @@ def expand_paths(paths: list[str]) -> list[str]:
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            out.extend(data.list_images(path))
+            out.extend(imagefolder.list_images(path))
         elif path.is_file():
             out.append(str(path))
         else:
@@ -157,7 +161,7 @@ def predict_paths(
         if not files:
             raise FileNotFoundError(f"no images found in {paths}")
         k = max(1, min(topk, len(names)))
-        n_workers = runtime.auto_num_workers(workers, runtime.local_world_size(accelerator))
+        n_workers = loaders.auto_num_workers(workers, runtime.local_world_size(accelerator))
         loader = accelerator.prepare(
             DataLoader(_PathDataset(files, pre), batch_size=batch_size, num_workers=n_workers)
         )

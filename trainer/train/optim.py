@@ -9,7 +9,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from trainer.config import OptimConfig
-from trainer.models import Classifier
+from trainer.model.classifier import Classifier
 
 NORM_TYPES = (
     torch.nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from trainer.errors import WRITE_ERRNOS, writing
-from trainer.models import ModelError
+from trainer.model.classifier import ModelError
 
 LOCAL_ERRNOS = WRITE_ERRNOS | {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
 
@@ -68,7 +68,7 @@ def list_cached() -> list[tuple[str, str, int]]:
 
 def download(name: str, to: str | None = None) -> Path:
     """Fetch NAME's pretrained weights into the library cache, or as a file into `to`."""
-    from trainer.models import _offline
+    from trainer.model.classifier import _offline
 
     if _offline():
         raise ModelError(

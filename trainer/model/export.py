@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer import data, models
+from trainer.data import imagefolder
+from trainer.data.transforms import Preprocessing, eval_transform, load_rgb
 from trainer.errors import writing
 from trainer.files import check_replaceable, current_umask, write_text_atomic
-from trainer.transforms import Preprocessing, eval_transform, load_rgb
+from trainer.model import classifier
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
@@ -41,7 +42,7 @@ def parity_inputs(
     """Real images preprocessed as predict does, or random ones when none are given."""
     files = []
     for p in image_paths:
-        found = data.list_images(Path(p)) if Path(p).is_dir() else [p]
+        found = imagefolder.list_images(Path(p)) if Path(p).is_dir() else [p]
         if not found:
             raise ExportError(f"--images {p}: no images in this folder")
         files.extend(found)
@@ -104,7 +105,7 @@ def export_model(
         raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out_dir)
     _check_out(out)
-    model, meta = models.load_model_folder(model_dir)
+    model, meta = classifier.load_model_folder(model_dir)
     model = model.float().eval()
     pre = Preprocessing.from_dict(meta["preprocessing"])
     x, what = parity_inputs(pre, image_paths)

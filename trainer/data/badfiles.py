@@ -13,12 +13,10 @@ of decoding again, so every rank skips exactly the same files.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -33,7 +31,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 # transforms also sets the default pixel limit, Image.MAX_IMAGE_PIXELS
-from trainer.transforms import load_rgb
+from trainer.data.transforms import load_rgb
+from trainer.data.workers import ctrl_c_held, ignore_ctrl_c
 
 CACHE_VERSION = 1
 CHUNK = 64  # files per pool task: amortizes inter-process traffic, still balances the load
@@ -221,25 +220,6 @@ def _check_in_pool(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return out
-
-
-@contextlib.contextmanager
-def ctrl_c_held() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT blocked) while helper processes are forked: a child inherits the
-    mask, so one forked just before a Ctrl-C cannot take it (and print a KeyboardInterrupt
-    traceback) before `ignore_ctrl_c` runs in it. This process gets the held Ctrl-C at the end."""
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
-
-
-def ignore_ctrl_c() -> None:
-    """Initializer of helper process pools (image checks, the pixel cache): Ctrl-C is the
-    parent's to handle; a worker would print a KeyboardInterrupt traceback each."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held by ctrl_c_held
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:

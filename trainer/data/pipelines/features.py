@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainer import runtime
 from trainer.config import PhaseConfig, RunConfig
-from trainer.sampling import EpochBatchSampler
+from trainer.data.loaders import nhwc
+from trainer.data.sampling import EpochBatchSampler
 
 STOCHASTIC = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
@@ -97,3 +98,14 @@ class FeatureSet(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {"pixel_values": self.features[i], "label": self.labels[i], "index": i}
+
+
+class Channels(torch.nn.Module):
+    """A module fed channels-last images when asked."""
+
+    def __init__(self, module: torch.nn.Module, channels_last: bool):
+        super().__init__()
+        self.module, self.channels_last = module, channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(nhwc(x, self.channels_last))

@@ -22,8 +22,6 @@ model download) Ctrl-C raises KeyboardInterrupt as usual.
 
 from __future__ import annotations
 
-import atexit
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -33,8 +31,9 @@ from contextlib import contextmanager
 
 import torch
 
+from trainer.data.workers import RUN_SIGNALS
+
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; a resumed run continues from the checkpoint
-SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 _CODE = {"SIGINT": 1.0, "SIGTERM": 2.0, "SIGUSR1": 3.0}  # agreed by MAX: SIGUSR1 on any rank wins
 
 
@@ -56,7 +55,7 @@ class StopFlag:
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
-        for sig in SIGNALS:
+        for sig in RUN_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def uninstall(self) -> None:
@@ -109,38 +108,6 @@ class StopFlag:
             self.signal_name = next(name for name, c in _CODE.items() if c == agreed)
             self.saving = True  # from here on the stop's save and exit run: see _handle
         return agreed > 0
-
-
-def ignore_in_workers() -> None:
-    """DataLoader workers leave SIGUSR1/SIGTERM/SIGINT to their process: Slurm signals every
-    process of a job and Ctrl-C the terminal's whole process group, and a worker ended by it
-    would end the run before the checkpoint."""
-    for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-
-
-def kill_workers_at_exit() -> None:
-    """Workers that ignore SIGTERM would hang the interpreter's exit: multiprocessing ends its
-    daemonic children (the DataLoader workers of loaders never garbage-collected, e.g. persistent
-    eval workers) with SIGTERM and then joins them. This registers, once, an exit hook that runs
-    before it (atexit is last in, first out) and ends them with SIGKILL instead."""
-    global _exit_hook_registered
-    if not _exit_hook_registered:
-        atexit.register(_kill_daemonic_children)
-        _exit_hook_registered = True
-
-
-_exit_hook_registered = False
-
-
-def _kill_daemonic_children() -> None:
-    # torch's SIGCHLD handler would raise "DataLoader worker ... is killed" at the first one
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    children = [c for c in multiprocessing.active_children() if c.daemon]
-    for child in children:
-        child.kill()
-    for child in children:
-        child.join(timeout=5)
 
 
 def _say(text: str) -> None:

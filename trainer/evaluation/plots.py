@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties, fontManager
 
-from trainer.transforms import Preprocessing, load_rgb
+from trainer.data.transforms import Preprocessing, load_rgb
 
 DPI = 100
 # Fonts known to cover CJK, tried before the rest of the installed fonts.

@@ -30,8 +30,8 @@ import datasets
 import numpy as np
 
 from trainer.config import DataConfig
-from trainer.scan import cache_file, check_files
-from trainer.transforms import load_rgb
+from trainer.data.badfiles import cache_file, check_files
+from trainer.data.transforms import load_rgb
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}

@@ -16,10 +16,10 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from trainer.config import RANGES, ConfigError, ModelConfig
+from trainer.data.transforms import IMAGENET, Preprocessing
 from trainer.errors import WRITE_ERRNOS, writing
 from trainer.files import apply_umask
-from trainer.safeload import ModelError, load_safetensors, load_torch_weights
-from trainer.transforms import IMAGENET, Preprocessing
+from trainer.model.safeload import ModelError, load_safetensors, load_torch_weights
 
 MODEL_FORMAT = "trainer-model"
 MODEL_FORMAT_VERSION = 1

@@ -42,9 +42,9 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from trainer.config import DataConfig
-from trainer.sampling import sample_seed
-from trainer.scan import ctrl_c_held, ignore_ctrl_c
-from trainer.transforms import Preprocessing, load_rgb
+from trainer.data.sampling import sample_seed
+from trainer.data.transforms import Preprocessing, load_rgb
+from trainer.data.workers import ctrl_c_held, ignore_ctrl_c
 
 FORMAT = 1  # bump when the cache layout or the resize changes
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from trainer import plots
+from trainer.evaluation import plots
 
 MISTAKES_SHOWN = 16
 

@@ -6,7 +6,7 @@ same process, one after another, so their ratios compare like with like:
 
   (a) synthetic: random tensors already on the device; the ceiling of the model itself.
   (b) the runner: `trainer.loop.run(cfg)` on a JPEG folder, images/s from its metrics.jsonl
-      (through whatever input pipeline data.pipeline picks).
+      (through whatever input pipeline imagefolder.pipeline picks).
   (c) plain torchvision: ImageFolder + PIL RandomResizedCrop/flip/ToTensor/Normalize + DataLoader
       with the runner's worker count, a hand-written loop.
   (d) the blog-script setting: fp32, NCHW, batch 16, no loader workers, `.item()` every batch.
@@ -248,7 +248,7 @@ class Setup:
     """Everything the cases share, resolved once from the config and the device."""
 
     cfg: RunConfig
-    root: Path  # the image root (data.find_image_root)
+    root: Path  # the image root (imagefolder.find_image_root)
     train_dir: Path  # what ImageFolder reads: root/train of a pre-split folder, else root
     layout: str
     num_classes: int
@@ -305,8 +305,8 @@ def resolve(cfg: RunConfig, phase_index: int, root: Path) -> Setup:
     """The settings every case uses; None-valued switches resolved the way the runner would."""
     import torch
 
-    from trainer import data, runtime
-    from trainer.models import build_model
+    from trainer.data import imagefolder, loaders
+    from trainer.model.classifier import build_model
 
     phases = cfg.train.phases
     if phase_index >= len(phases):
@@ -320,17 +320,19 @@ def resolve(cfg: RunConfig, phase_index: int, root: Path) -> Setup:
     channels_last = cfg.train.channels_last
     if channels_last is None:
         channels_last = device.type == "cuda"  # as the runner decides it
-    image_root = data.find_image_root(root)
+    image_root = imagefolder.find_image_root(root)
     splits = {
-        data.SPLIT_ALIASES[p.name.lower()]: p
+        imagefolder.SPLIT_ALIASES[p.name.lower()]: p
         for p in image_root.iterdir()
-        if p.is_dir() and p.name.lower() in data.SPLIT_ALIASES
+        if p.is_dir() and p.name.lower() in imagefolder.SPLIT_ALIASES
     }
     train_dir = splits.get("train", image_root)
     classes = [p for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    images = sum(1 for _ in data.list_images(train_dir))
+    images = sum(1 for _ in imagefolder.list_images(train_dir))
     if len(classes) < 2 or images == 0:
-        raise data.DataError(f"{str(train_dir)!r}: expected class sub-folders holding images")
+        raise imagefolder.DataError(
+            f"{str(train_dir)!r}: expected class sub-folders holding images"
+        )
     _, pre = build_model(dataclasses.replace(cfg.model, pretrained=False), len(classes))
     pre = pre.with_size(cfg.data.image_size)
     return Setup(
@@ -349,7 +351,7 @@ def resolve(cfg: RunConfig, phase_index: int, root: Path) -> Setup:
         resize_size=pre.resize_size,
         mean=pre.mean,
         std=pre.std,
-        workers=runtime.auto_num_workers(cfg.data.num_workers, 1),
+        workers=loaders.auto_num_workers(cfg.data.num_workers, 1),
         phase=phases[phase_index],
         phase_index=phase_index,
     )
@@ -368,15 +370,16 @@ def _model(s: Setup, *, channels_last: bool, blog: bool = False):
     """The configured model on the device, in the phase's freeze state, and its optimizer."""
     import torch
 
-    from trainer import models, optim
+    from trainer.model import classifier
+    from trainer.train import optim
 
     torch.manual_seed(0)
-    model, _ = models.build_model(s.cfg.model, s.num_classes)
-    models.set_frozen(model, s.phase.freeze)
+    model, _ = classifier.build_model(s.cfg.model, s.num_classes)
+    classifier.set_frozen(model, s.phase.freeze)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(s.device, memory_format=fmt).train()
     if s.phase.freeze == "backbone" and s.cfg.train.freeze_bn and not blog:
-        models.freeze_batchnorm(model.backbone)
+        classifier.freeze_batchnorm(model.backbone)
     if blog:  # what a blog script writes: one Adam over whatever requires grad
         trainable = [p for p in model.parameters() if p.requires_grad]
         return model, torch.optim.Adam(trainable, lr=s.phase.optim.lr)
@@ -588,7 +591,7 @@ def _runner_cfg(s: Setup, output_dir: Path, epochs: int | None) -> RunConfig:
 
 def _pipeline_used(s: Setup, summary: dict, events: list[dict]) -> str:
     """The input pipeline the run says it used; else what the runner's own chooser decides for
-    this config (data.pipeline=auto picks one), marked as such."""
+    this config (imagefolder.pipeline=auto picks one), marked as such."""
     configured = s.cfg.data.pipeline
     for source in (summary, *events):
         for key in ("pipeline", "data_pipeline", "input_pipeline"):
@@ -598,7 +601,7 @@ def _pipeline_used(s: Setup, summary: dict, events: list[dict]) -> str:
     if configured != "auto":
         return configured
     try:
-        from trainer import fastdata
+        from trainer.data.pipelines import fastdata
 
         n = sum((summary.get("samples") or {}).values())
         use, _ = fastdata.choose(s.cfg.data, n, s.resize_size)
@@ -614,7 +617,7 @@ def _epoch_events(run_dir: Path) -> list[dict]:
 
 def case_runner(s: Setup, epochs: int, workdir: Path) -> Case:
     """(b) The real runner end to end; images/s of its epochs, the first left out as warm-up."""
-    from trainer import loop
+    from trainer.train import loop
 
     run_dir = workdir / "run"
     cfg = _runner_cfg(s, run_dir, epochs)
@@ -637,7 +640,7 @@ def case_runner(s: Setup, epochs: int, workdir: Path) -> Case:
     pipeline = _pipeline_used(s, summary, events)
     return Case(
         "b",
-        f"trainer end to end (data.pipeline {pipeline})",
+        f"trainer end to end (imagefolder.pipeline {pipeline})",
         images / seconds,
         peak.bytes,
         measured,
@@ -710,7 +713,7 @@ def _versions() -> dict[str, str]:
 @contextlib.contextmanager
 def _private_caches(workdir: Path):
     """Scan verdicts and pixel caches in the bench's own folder: every run starts cold and
-    nothing big is left in the user's cache (unless data.cache_dir says where)."""
+    nothing big is left in the user's cache (unless imagefolder.cache_dir says where)."""
     old = os.environ.get("TRAINER_CACHE_DIR")
     os.environ["TRAINER_CACHE_DIR"] = str(workdir / "cache")
     try:
@@ -723,12 +726,12 @@ def _private_caches(workdir: Path):
 
 
 def _load(opts: BenchOptions, root: Path | None, default_config: str | None) -> RunConfig:
-    extra = [f"data.root={root}"] if root else []
+    extra = [f"imagefolder.root={root}"] if root else []
     return load_config(opts.config or default_config, [*BENCH_DEFAULTS, *opts.overrides, *extra])
 
 
 def _data_root(opts: BenchOptions, cfg: RunConfig, workdir: Path) -> Path:
-    """--data, else data.root from the config, else a folder generated in the bench's temp dir."""
+    """--data, else imagefolder.root from the config, else a folder generated in the bench's temp dir."""
     if opts.data or cfg.data.root:
         return Path(opts.data or cfg.data.root).expanduser()
     w, h = opts.image_size
@@ -824,7 +827,7 @@ def _blog_whole_run(s: Setup, splits: dict[str, Path]) -> dict[str, Any]:
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    from trainer import models
+    from trainer.model import classifier
 
     start = time.perf_counter()
     norm = [transforms.ToTensor(), transforms.Normalize(s.mean, s.std)]
@@ -845,7 +848,7 @@ def _blog_whole_run(s: Setup, splits: dict[str, Path]) -> dict[str, Any]:
         for name, path in splits.items()
     }
     torch.manual_seed(0)
-    model, _ = models.build_model(s.cfg.model, s.num_classes)
+    model, _ = classifier.build_model(s.cfg.model, s.num_classes)
     model = model.to(s.device)
 
     def epoch(loader, train: bool, optimizer=None) -> float:
@@ -867,7 +870,7 @@ def _blog_whole_run(s: Setup, splits: dict[str, Path]) -> dict[str, Any]:
 
     best_acc, best_state = -1.0, None
     for phase in s.cfg.train.phases:
-        models.set_frozen(model, phase.freeze)
+        classifier.set_frozen(model, phase.freeze)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, lr=phase.optim.lr)
         for _ in range(phase.epochs):
@@ -887,7 +890,8 @@ def _blog_whole_run(s: Setup, splits: dict[str, Path]) -> dict[str, Any]:
 
 def run_whole(opts: BenchOptions) -> dict[str, Any]:
     """Wall clock of a whole run: trainer.loop.run vs the blog-script loop, same data, same device."""
-    from trainer import data, loop
+    from trainer.data import imagefolder
+    from trainer.train import loop
 
     with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp, _private_caches(Path(tmp)):
         workdir = Path(tmp)
@@ -896,17 +900,19 @@ def run_whole(opts: BenchOptions) -> dict[str, Any]:
         cfg = _load(opts, root, WHOLE_RUN_RECIPE)
         s = resolve(cfg, 0, root)
         splits = {
-            data.SPLIT_ALIASES[p.name.lower()]: p
+            imagefolder.SPLIT_ALIASES[p.name.lower()]: p
             for p in s.root.iterdir()
-            if p.is_dir() and p.name.lower() in data.SPLIT_ALIASES
+            if p.is_dir() and p.name.lower() in imagefolder.SPLIT_ALIASES
         }
         if "train" not in splits or "val" not in splits:
-            raise data.DataError(
+            raise imagefolder.DataError(
                 f"--whole-run needs a pre-split folder (train/ val/ [test/]); {str(s.root)!r} is not"
             )
         versions = _versions()
         counts = {
-            k: sum(1 for _ in data.list_images(splits[k])) for k in data.SPLITS if k in splits
+            k: sum(1 for _ in imagefolder.list_images(splits[k]))
+            for k in imagefolder.SPLITS
+            if k in splits
         }
         phases = ", ".join(
             f"{p.name} {p.epochs} epoch(s) freeze {p.freeze} lr {p.optim.lr:g}"
@@ -934,7 +940,7 @@ def run_whole(opts: BenchOptions) -> dict[str, Any]:
             blog = _blog_whole_run(s, splits)
     ours_desc = (
         f"ours: trainer.loop.run (precision {s.precision}, batch {cfg.train.batch_size}, "
-        f"{s.workers} workers, data.pipeline {pipeline}, "
+        f"{s.workers} workers, imagefolder.pipeline {pipeline}, "
         f"checkpoints {'on' if cfg.checkpoint.enabled else 'off'})"
     )
     blog_desc = f"blog script (fp32, NCHW, batch {BLOG_BATCH_SIZE}, 0 workers, PIL ImageFolder)"
@@ -993,7 +999,7 @@ def bench(opts: BenchOptions) -> dict[str, Any]:
     if opts.make_data:
         return make_data_only(opts)
     if opts.data and not Path(opts.data).expanduser().is_dir():
-        from trainer.data import DataError
+        from trainer.data.imagefolder import DataError
 
         raise DataError(f"--data: {opts.data!r} is not a folder")
     if opts.json:  # minutes of benchmarking must not end by overwriting a user's file

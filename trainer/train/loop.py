@@ -25,7 +25,6 @@ from typing import Any
 
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import (
     DataLoaderConfiguration,
@@ -35,36 +34,23 @@ from accelerate.utils import (
 )
 from torch.utils.data import DataLoader
 
-from trainer import (
-    checkpoint,
-    data,
-    fastdata,
-    features,
-    losses,
-    metrics,
-    models,
-    optim,
-    plots,
-    report,
-    rundir,
-    runtime,
-)
+from trainer import runtime
 from trainer.config import ConfigError, PhaseConfig, RunConfig
-from trainer.ema import ModelEMA
+from trainer.data import imagefolder, loaders
+from trainer.data.loaders import make_loader, make_train_loader, nhwc, to_device
+from trainer.data.pipelines import fastdata, features
+from trainer.data.sampling import EpochBatchSampler
+from trainer.data.transforms import Preprocessing, eval_transform, train_transform
 from trainer.errors import writing
-from trainer.preemption import (
-    EXIT_PREEMPTED,
-    Preempted,
-    StopFlag,
-    ignore_in_workers,
-    kill_workers_at_exit,
-    requeue,
-)
-from trainer.resume import Position, Resume, continue_run, prepare_run_dir
-from trainer.safeload import load_safetensors
-from trainer.sampling import EpochBatchSampler, SeededView
-from trainer.tracking import Tracker, accelerate_log_with
-from trainer.transforms import Preprocessing, eval_transform, train_transform
+from trainer.evaluation import plots, report
+from trainer.evaluation.evaluate import evaluate, summary_of
+from trainer.model import classifier
+from trainer.model.safeload import load_safetensors
+from trainer.train import checkpoint, losses, optim, rundir
+from trainer.train.ema import ModelEMA
+from trainer.train.preemption import EXIT_PREEMPTED, Preempted, StopFlag, requeue
+from trainer.train.resume import Position, Resume, continue_run, prepare_run_dir
+from trainer.train.tracking import Tracker, accelerate_log_with
 
 
 @dataclass
@@ -117,70 +103,6 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     )
 
 
-def make_loader(ds, batch_size: int, *, workers: int, collate=None) -> DataLoader:
-    """An evaluation loader: every sample once, in order."""
-    return DataLoader(
-        ds,
-        batch_size=batch_size,
-        collate_fn=collate,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=workers > 0,
-        # Ctrl-C reaches the whole process group: a worker it killed would fail the next pass.
-        worker_init_fn=_worker_init(workers),
-    )
-
-
-def make_train_loader(
-    ds,
-    sampler: EpochBatchSampler,
-    *,
-    workers: int,
-    seed: int,
-    seeded: bool = True,
-    pin: bool = True,
-) -> DataLoader:
-    """The training loader: batches from `sampler`, augmentation seeded per (epoch, row)
-    (`seeded=False`: `ds` draws its own, e.g. the pixel cache's batched view)."""
-    return DataLoader(
-        SeededView(ds, seed) if seeded else ds,
-        batch_sampler=sampler,
-        collate_fn=None if seeded else fastdata.as_batch,
-        num_workers=workers,
-        pin_memory=pin and torch.cuda.is_available(),  # not for batches already on the device
-        persistent_workers=workers > 0,
-        worker_init_fn=_worker_init(workers),
-        # Workers' base seed comes from here, not from the global RNG that a resume restores.
-        generator=torch.Generator().manual_seed(seed),
-    )
-
-
-def _worker_init(workers: int):
-    """The worker_init_fn of a loader with `workers` processes: they leave signals to this
-    process, which therefore has to end them itself at exit."""
-    if workers == 0:
-        return None
-    kill_workers_at_exit()
-    return _init_worker
-
-
-def _init_worker(worker_id: int) -> None:
-    ignore_in_workers()
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {
-        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
-    }
-
-
-def nhwc(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """Images in channels-last layout when asked (features, 2-D, pass unchanged)."""
-    if channels_last and images.dim() == 4:
-        return images.contiguous(memory_format=torch.channels_last)
-    return images
-
-
 def param_checksum(model: torch.nn.Module) -> str:
     """sha256 of every parameter's bytes: equal on all ranks iff DDP kept them in sync.
 
@@ -194,50 +116,6 @@ def param_checksum(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-@torch.no_grad()
-def evaluate(
-    model,
-    loader,
-    accelerator: Accelerator,
-    num_classes: int,
-    desc: str = "eval",
-    channels_last: bool = False,
-    transform=None,
-) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Metrics over `loader`, each sample once, and the gathered per-sample predictions
-    (topk, label, loss, confidence, index) for reports and galleries."""
-    model.eval()
-    k = min(5, num_classes)
-    keys = ("topk", "label", "loss", "confidence", "index")
-    parts: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
-    for batch in runtime.progress(loader, desc, accelerator):
-        if transform is not None:  # uint8 cache batches -> normalized images (on the device)
-            batch = transform(batch)
-        with accelerator.autocast():  # also for models not prepared by accelerate (the EMA copy)
-            logits = model(nhwc(batch["pixel_values"], channels_last)).float()
-        loss = F.cross_entropy(logits, batch["label"], reduction="none")
-        confidence = logits.softmax(dim=1).max(dim=1).values
-        top = logits.topk(k, dim=1).indices
-        # gather_for_metrics drops the duplicates DDP adds to even out the last batch.
-        gathered = accelerator.gather_for_metrics(
-            (top, batch["label"], loss, confidence, batch["index"])
-        )
-        for key, tensor in zip(keys, gathered):
-            parts[key].append(tensor.cpu())
-    if not parts["label"]:
-        return {"samples": 0}, {}
-    preds = {key: torch.cat(values) for key, values in parts.items()}
-    result = metrics.classification_metrics(
-        preds["topk"], preds["label"], preds["loss"], num_classes, confidence=preds["confidence"]
-    )
-    return result, preds
-
-
-def _summary_of(result: dict, prefix: str) -> dict:
-    keys = ("loss", "accuracy", "top5_accuracy", "balanced_accuracy", "macro_f1", "ece", "samples")
-    return {f"{prefix}_{k}": result[k] for k in keys if k in result}
-
-
 class Run:
     """Everything one training run holds; `fit()` and `final_eval()` read top to bottom."""
 
@@ -247,7 +125,7 @@ class Run:
         self.print = self.accelerator.print
         self.claim = claim
         # Everything that can be checked is checked before output_dir is touched: a typo in
-        # data.root or model.name must not cost the finished run that output_dir holds.
+        # imagefolder.root or model.name must not cost the finished run that output_dir holds.
         rundir.check_placement(cfg.output_dir, cfg.data.root)
         set_seed(cfg.train.seed)  # the same initial weights on every rank
         if cfg.data.max_image_pixels:  # what the scan let through, the loader must open
@@ -255,16 +133,16 @@ class Run:
         # The main process checks every image first; the others then read its cached verdicts,
         # so every rank leaves out the same bad files.
         with self.accelerator.main_process_first():
-            self.index = data.scan(cfg.data)
+            self.index = imagefolder.scan(cfg.data)
         self.class_names = self.index.class_names
         with self.accelerator.main_process_first():  # one download of pretrained weights
-            self.model, pre = models.build_model(cfg.model, len(self.class_names))
+            self.model, pre = classifier.build_model(cfg.model, len(self.class_names))
         self._open_run_dir()
         # Distinct augmentation randomness per rank from here on (the weights are already equal).
         set_seed(cfg.train.seed + accelerator.process_index)
         self.pre: Preprocessing = pre.with_size(cfg.data.image_size)
         self.datasets = {
-            split: data.to_hf_dataset(
+            split: imagefolder.to_hf_dataset(
                 items,
                 self.class_names,
                 train_transform(self.pre, cfg.data)
@@ -273,7 +151,7 @@ class Run:
             )
             for split, items in self.index.splits.items()
         }
-        self.workers = runtime.auto_num_workers(
+        self.workers = loaders.auto_num_workers(
             cfg.data.num_workers, runtime.local_world_size(accelerator)
         )
         self.caches, self.device_transform = self._pixel_caches()
@@ -297,10 +175,10 @@ class Run:
             else accelerator.device.type == "cuda"
         )
         if self.accelerator.is_main_process:
-            data.write_splits_csv(self.index, self.run_dir / "splits.csv")
+            imagefolder.write_splits_csv(self.index, self.run_dir / "splits.csv")
             bad = getattr(self.index, "bad_files", None)
             if bad:
-                data.write_bad_files_csv(self.index, self.run_dir / "bad_files.csv")
+                imagefolder.write_bad_files_csv(self.index, self.run_dir / "bad_files.csv")
         self._describe()
         if self.resume:
             self._restore_progress(self.resume)
@@ -315,7 +193,7 @@ class Run:
             self.model.load_state_dict(self.resume.payload.model)
 
     def _pixel_caches(self) -> tuple[dict | None, fastdata.DeviceTransform | None]:
-        """The uint8 cache of every split when the cached pipeline is chosen (data.pipeline)."""
+        """The uint8 cache of every split when the cached pipeline is chosen (imagefolder.pipeline)."""
         a, cfg = self.accelerator, self.cfg
         n = sum(self.index.counts().values())
         try:
@@ -462,7 +340,7 @@ class Run:
         a, cfg = self.accelerator, self.cfg
         model = a.unwrap_model(model, keep_fp32_wrapper=False)
         a.free_memory()  # forget the previous phase's wrapped objects before re-preparing
-        models.set_frozen(model, phase.freeze)
+        classifier.set_frozen(model, phase.freeze)
         optimizer = optim.build_optimizer(model, phase.optim)
         # The checkpoint's optimizer and schedule belong to this phase only if it was in progress.
         restore = self.resume if self.resume and at is self.resume.position else None
@@ -484,7 +362,7 @@ class Run:
             f"phase {at.phase_index + 1}/{len(cfg.train.phases)} '{phase.name}': {phase.epochs} epochs, "
             f"freeze={phase.freeze}, {phase.optim.optimizer} lr {phase.optim.lr:g} "
             f"(head x{phase.optim.head_lr_mult:g}), {phase.optim.scheduler} schedule, "
-            f"{models.count_trainable(a.unwrap_model(model)):,} trainable parameters"
+            f"{classifier.count_trainable(a.unwrap_model(model)):,} trainable parameters"
             + (f"; resuming at epoch {at.phase_epoch + 1}, batch {at.batch}" if restore else "")
         )
         cache, why = features.wanted(cfg, phase, a.unwrap_model(model).backbone)
@@ -512,12 +390,16 @@ class Run:
         for split in ("train", "val"):
             if split not in self.datasets:
                 continue
-            view = data.to_hf_dataset(
+            view = imagefolder.to_hf_dataset(
                 self.index.splits[split], self.class_names, eval_transform(self.pre)
             )
             loader = a.prepare(make_loader(view, self.eval_batch_size, workers=self.workers))
             cached[split] = features.extract(
-                _Channels(backbone, self.channels_last), loader, a, len(view), f"features {split}"
+                features.Channels(backbone, self.channels_last),
+                loader,
+                a,
+                len(view),
+                f"features {split}",
             )
         train = features.FeatureLoader(*cached["train"], sampler)
         val = None
@@ -560,7 +442,7 @@ class Run:
         a, p, cfg = self.accelerator, self.progress, self.cfg.train
         model.train()
         if phase.freeze == "backbone" and cfg.freeze_bn:
-            models.freeze_batchnorm(a.unwrap_model(model).backbone)
+            classifier.freeze_batchnorm(a.unwrap_model(model).backbone)
         loss_sum = torch.zeros((), device=a.device, dtype=torch.float32)  # MPS has no float64
         correct = torch.zeros((), device=a.device, dtype=torch.long)
         seen = torch.zeros((), device=a.device, dtype=torch.long)
@@ -657,8 +539,8 @@ class Run:
         values = {
             "train_loss": train["loss"],
             "train_accuracy": train["accuracy"],
-            **(_summary_of(val, "val") if val.get("samples") else {}),
-            **(_summary_of(ema_val, "val_ema") if ema_val.get("samples") else {}),
+            **(summary_of(val, "val") if val.get("samples") else {}),
+            **(summary_of(ema_val, "val_ema") if ema_val.get("samples") else {}),
             "lr": optimizer.param_groups[-1]["lr"],
             "epoch_seconds": round(seconds, 3),
             "images_per_second": round(train["samples"] / seconds, 1),
@@ -760,7 +642,7 @@ class Run:
                 },
                 "trainer_version": runtime.package_version("trainer"),
             }
-            models.save_model_folder(
+            classifier.save_model_folder(
                 model, self.run_dir / "model", self.cfg.model, self.class_names, self.pre, extra
             )
         a.wait_for_everyone()
@@ -780,7 +662,7 @@ class Run:
         if split == "test":
             p = self.progress
             self.tracker.log(
-                "test", step=p.step, epoch=p.epoch, phase="test", **_summary_of(result, "test")
+                "test", step=p.step, epoch=p.epoch, phase="test", **summary_of(result, "test")
             )
         return split, result, preds
 
@@ -836,7 +718,7 @@ class Run:
             "best_val_accuracy": p.best_val_accuracy,
             "best_val_loss": p.best_val_loss,
             "best_epoch": p.best_epoch,
-            **_summary_of(test, "test"),
+            **summary_of(test, "test"),
             "test_per_class_accuracy": test.get("per_class_accuracy"),
             "test_confusion_matrix": test.get("confusion_matrix"),
             "class_names": self.class_names,
@@ -847,7 +729,7 @@ class Run:
             "train_seconds": round(train_seconds, 3),
             "world_size": a.num_processes,
             "mixed_precision": a.mixed_precision,
-            "pipeline": self.pipeline,  # the input path data.pipeline chose: pil, cached, decode
+            "pipeline": self.pipeline,  # the input path imagefolder.pipeline chose: pil, cached, decode
             "weights_in_sync": len(set(self.checksums)) == 1,
             "model_dir": str(self.run_dir / "model"),
             "report": str(self.run_dir / "report.md"),
@@ -946,14 +828,3 @@ def _name_rank(accelerator, error: Exception, cfg: RunConfig) -> None:
         )
     else:
         print(f"error on {where}: {type(error).__name__}: {text}", file=sys.stderr)
-
-
-class _Channels(torch.nn.Module):
-    """A module fed channels-last images when asked."""
-
-    def __init__(self, module: torch.nn.Module, channels_last: bool):
-        super().__init__()
-        self.module, self.channels_last = module, channels_last
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(nhwc(x, self.channels_last))

@@ -24,11 +24,13 @@ from typing import Any
 
 import yaml
 
-from trainer import checkpoint, data, rundir, runtime
+from trainer import runtime
 from trainer.config import ConfigError, RunConfig, dump_yaml, flat_dict, to_dict
+from trainer.data import imagefolder
 from trainer.errors import writing
-from trainer.rundir import RUN_FILES  # noqa: F401 - the names a run writes, kept importable here
-from trainer.tracking import METRICS_FILE, read_events
+from trainer.train import checkpoint, rundir
+from trainer.train.rundir import RUN_FILES  # noqa: F401 - the names a run writes, kept importable here
+from trainer.train.tracking import METRICS_FILE, read_events
 
 # Keys that may differ between the interrupted run and its continuation.
 FREE_KEYS = (
@@ -36,9 +38,9 @@ FREE_KEYS = (
     "overwrite",
     "checkpoint.",
     "tracking.",
-    "data.num_workers",
-    "data.check_images",
-    "data.on_bad_file",
+    "imagefolder.num_workers",
+    "imagefolder.check_images",
+    "imagefolder.on_bad_file",
     "train.log_every",
     "train.collective_timeout_s",
     "train.eval_batch_size",
@@ -242,7 +244,7 @@ def check_same_data(saved_csv: Path, index) -> None:
     if not saved_csv.is_file():
         return  # a run that stopped before writing it has no batches to continue either
     with tempfile.TemporaryDirectory() as tmp:  # written as the run writes it: same paths
-        data.write_splits_csv(index, Path(tmp) / "splits.csv")
+        imagefolder.write_splits_csv(index, Path(tmp) / "splits.csv")
         now = _split_rows(Path(tmp) / "splits.csv")
     try:
         saved = _split_rows(saved_csv)
@@ -251,7 +253,7 @@ def check_same_data(saved_csv: Path, index) -> None:
     changes = _describe_changes(saved, now)
     if changes:
         raise ConfigError(
-            f"data.root: the images changed since this run started ({changes}; compared with "
+            f"imagefolder.root: the images changed since this run started ({changes}; compared with "
             f"{saved_csv}); restore them to continue the run, or start over with overwrite=true "
             f"or another output_dir"
         )

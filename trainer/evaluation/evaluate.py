@@ -1,0 +1,55 @@
+"""The one forward-and-gather pass: val, test, `trainer eval` and `predict`'s metrics."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from trainer import runtime
+from trainer.data.loaders import nhwc
+from trainer.evaluation import metrics
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    loader,
+    accelerator: Accelerator,
+    num_classes: int,
+    desc: str = "eval",
+    channels_last: bool = False,
+    transform=None,
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Metrics over `loader`, each sample once, and the gathered per-sample predictions
+    (topk, label, loss, confidence, index) for reports and galleries."""
+    model.eval()
+    k = min(5, num_classes)
+    keys = ("topk", "label", "loss", "confidence", "index")
+    parts: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
+    for batch in runtime.progress(loader, desc, accelerator):
+        if transform is not None:  # uint8 cache batches -> normalized images (on the device)
+            batch = transform(batch)
+        with accelerator.autocast():  # also for models not prepared by accelerate (the EMA copy)
+            logits = model(nhwc(batch["pixel_values"], channels_last)).float()
+        loss = F.cross_entropy(logits, batch["label"], reduction="none")
+        confidence = logits.softmax(dim=1).max(dim=1).values
+        top = logits.topk(k, dim=1).indices
+        # gather_for_metrics drops the duplicates DDP adds to even out the last batch.
+        gathered = accelerator.gather_for_metrics(
+            (top, batch["label"], loss, confidence, batch["index"])
+        )
+        for key, tensor in zip(keys, gathered):
+            parts[key].append(tensor.cpu())
+    if not parts["label"]:
+        return {"samples": 0}, {}
+    preds = {key: torch.cat(values) for key, values in parts.items()}
+    result = metrics.classification_metrics(
+        preds["topk"], preds["label"], preds["loss"], num_classes, confidence=preds["confidence"]
+    )
+    return result, preds
+
+
+def summary_of(result: dict, prefix: str) -> dict:
+    keys = ("loss", "accuracy", "top5_accuracy", "balanced_accuracy", "macro_f1", "ece", "samples")
+    return {f"{prefix}_{k}": result[k] for k in keys if k in result}

@@ -1,0 +1,1 @@
+"""The classifier (backbone + head), the model folder, weights files and export."""
