@@ -52,8 +52,8 @@ def test_every_module_imports_only_its_own_layer_and_the_ones_before_it():
         for target in imported(ast.parse(path.read_text(encoding="utf-8"))):
             if layer_of(target) > layer_of(here):
                 backwards.append(f"{here} imports {target}")
-    assert not backwards, "imports against the order " + " -> ".join(LAYERS) + ":\n" + "\n".join(
-        backwards
+    assert not backwards, (
+        "imports against the order " + " -> ".join(LAYERS) + ":\n" + "\n".join(backwards)
     )
 
 

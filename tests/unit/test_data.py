@@ -13,8 +13,8 @@ from trainer.data.imagefolder import (
     labelled_items,
     scan,
     stratified_split,
-    to_hf_dataset,
 )
+from trainer.data.pipelines.pil import to_hf_dataset
 from trainer.data.transforms import IMAGENET, eval_transform, load_rgb
 
 

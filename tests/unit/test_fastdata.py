@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from trainer.config import DataConfig
-from trainer.data.pipelines import fastdata
+from trainer.data.pipelines import fastdata, pil
 from trainer.data.transforms import Preprocessing, eval_transform, load_rgb
 
 PRE = Preprocessing(32, 37, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -160,7 +160,6 @@ def test_decode_pipeline_train_batches_carry_the_cached_pipelines_draws(images, 
 
 
 def test_an_exif_rotated_jpeg_looks_the_same_to_training_validation_and_predict(tmp_path):
-    from trainer.data import imagefolder
     from trainer.evaluation.inference import _PathDataset
 
     # Red grows to the right, green downwards: any wrong rotation or flip shows.
@@ -175,9 +174,7 @@ def test_an_exif_rotated_jpeg_looks_the_same_to_training_validation_and_predict(
     want = eval_transform(pre)(shown.convert("RGB"))
     assert not torch.allclose(want, eval_transform(pre)(Image.open(path).convert("RGB")))
     predict = _PathDataset([str(path)], pre)[0]["pixel_values"]
-    pil_val = imagefolder.to_hf_dataset([(str(path), 0)], ["a"], eval_transform(pre))[0][
-        "pixel_values"
-    ]
+    pil_val = pil.to_hf_dataset([(str(path), 0)], ["a"], eval_transform(pre))[0]["pixel_values"]
     cache = fastdata.build([str(path)], pre, _cfg(tmp_path), workers=1)
     item = fastdata.CachedEvalView(cache, [0], 16)[0]
     to_float = fastdata.DeviceTransform(pre, torch.device("cpu"))

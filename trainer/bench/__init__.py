@@ -6,7 +6,7 @@ same process, one after another, so their ratios compare like with like:
 
   (a) synthetic: random tensors already on the device; the ceiling of the model itself.
   (b) the runner: `trainer.loop.run(cfg)` on a JPEG folder, images/s from its metrics.jsonl
-      (through whatever input pipeline imagefolder.pipeline picks).
+      (through whatever input pipeline data.pipeline picks).
   (c) plain torchvision: ImageFolder + PIL RandomResizedCrop/flip/ToTensor/Normalize + DataLoader
       with the runner's worker count, a hand-written loop.
   (d) the blog-script setting: fp32, NCHW, batch 16, no loader workers, `.item()` every batch.
@@ -591,7 +591,7 @@ def _runner_cfg(s: Setup, output_dir: Path, epochs: int | None) -> RunConfig:
 
 def _pipeline_used(s: Setup, summary: dict, events: list[dict]) -> str:
     """The input pipeline the run says it used; else what the runner's own chooser decides for
-    this config (imagefolder.pipeline=auto picks one), marked as such."""
+    this config (data.pipeline=auto picks one), marked as such."""
     configured = s.cfg.data.pipeline
     for source in (summary, *events):
         for key in ("pipeline", "data_pipeline", "input_pipeline"):
@@ -640,7 +640,7 @@ def case_runner(s: Setup, epochs: int, workdir: Path) -> Case:
     pipeline = _pipeline_used(s, summary, events)
     return Case(
         "b",
-        f"trainer end to end (imagefolder.pipeline {pipeline})",
+        f"trainer end to end (data.pipeline {pipeline})",
         images / seconds,
         peak.bytes,
         measured,
@@ -713,7 +713,7 @@ def _versions() -> dict[str, str]:
 @contextlib.contextmanager
 def _private_caches(workdir: Path):
     """Scan verdicts and pixel caches in the bench's own folder: every run starts cold and
-    nothing big is left in the user's cache (unless imagefolder.cache_dir says where)."""
+    nothing big is left in the user's cache (unless data.cache_dir says where)."""
     old = os.environ.get("TRAINER_CACHE_DIR")
     os.environ["TRAINER_CACHE_DIR"] = str(workdir / "cache")
     try:
@@ -726,12 +726,12 @@ def _private_caches(workdir: Path):
 
 
 def _load(opts: BenchOptions, root: Path | None, default_config: str | None) -> RunConfig:
-    extra = [f"imagefolder.root={root}"] if root else []
+    extra = [f"data.root={root}"] if root else []
     return load_config(opts.config or default_config, [*BENCH_DEFAULTS, *opts.overrides, *extra])
 
 
 def _data_root(opts: BenchOptions, cfg: RunConfig, workdir: Path) -> Path:
-    """--data, else imagefolder.root from the config, else a folder generated in the bench's temp dir."""
+    """--data, else data.root from the config, else a folder generated in the bench's temp dir."""
     if opts.data or cfg.data.root:
         return Path(opts.data or cfg.data.root).expanduser()
     w, h = opts.image_size
@@ -940,7 +940,7 @@ def run_whole(opts: BenchOptions) -> dict[str, Any]:
             blog = _blog_whole_run(s, splits)
     ours_desc = (
         f"ours: trainer.loop.run (precision {s.precision}, batch {cfg.train.batch_size}, "
-        f"{s.workers} workers, imagefolder.pipeline {pipeline}, "
+        f"{s.workers} workers, data.pipeline {pipeline}, "
         f"checkpoints {'on' if cfg.checkpoint.enabled else 'off'})"
     )
     blog_desc = f"blog script (fp32, NCHW, batch {BLOG_BATCH_SIZE}, 0 workers, PIL ImageFolder)"

@@ -21,17 +21,15 @@ from __future__ import annotations
 import csv
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import datasets
 import numpy as np
 
 from trainer.config import DataConfig
 from trainer.data.badfiles import cache_file, check_files
-from trainer.data.transforms import load_rgb
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -618,43 +616,3 @@ def write_bad_files_csv(index: DataIndex, path: Path) -> None:
         writer.writerow(["path", "reason"])
         for p, reason in index.bad_files:
             writer.writerow([os.path.relpath(p, index.root), reason])
-
-
-class _ApplyTransform:
-    """`datasets` on-the-fly transform: decode paths to RGB, apply a torchvision transform."""
-
-    def __init__(self, transform: Callable):
-        self.transform = transform
-
-    def _load(self, path: str):
-        try:
-            return self.transform(load_rgb(path))
-        except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises for broken files
-            raise DataError(
-                f"{path}: unreadable image ({type(e).__name__}: {e}); remove or fix it"
-            ) from None
-
-    def __call__(self, batch: dict) -> dict:
-        pixels = [self._load(image["path"]) for image in batch["image"]]
-        return {"pixel_values": pixels, "label": batch["label"], "index": batch["index"]}
-
-
-def to_hf_dataset(
-    items: Sequence[tuple[str, int]], class_names: list[str], transform: Callable
-) -> datasets.Dataset:
-    """A `datasets.Dataset` of (image path, ClassLabel, row index) decoded and transformed on the
-    fly; the index maps gathered predictions back to files (e.g. for the mistakes gallery)."""
-    features = datasets.Features(
-        {
-            "image": datasets.Image(decode=False),
-            "label": datasets.ClassLabel(names=class_names),
-            "index": datasets.Value("int64"),
-        }
-    )
-    columns = {
-        "image": [p for p, _ in items],
-        "label": [label for _, label in items],
-        "index": list(range(len(items))),
-    }
-    ds = datasets.Dataset.from_dict(columns, features=features)
-    return ds.with_transform(_ApplyTransform(transform))

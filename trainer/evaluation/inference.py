@@ -22,6 +22,7 @@ from trainer import runtime
 from trainer.data import imagefolder, loaders
 from trainer.data.badfiles import cache_file, check_file, check_files
 from trainer.data.loaders import make_loader
+from trainer.data.pipelines import pil
 from trainer.data.transforms import Preprocessing, eval_transform, load_rgb
 from trainer.evaluation import report
 from trainer.evaluation.evaluate import evaluate
@@ -45,7 +46,7 @@ def evaluate_folder(
     report_dir: str | Path | None = None,
     layout: str = "auto",
 ) -> dict[str, Any]:
-    """Metrics of the model folder on a labelled class-per-folder tree (read as imagefolder.layout
+    """Metrics of the model folder on a labelled class-per-folder tree (read as data.layout
     `layout`); with `report_dir`, also report.json, report.md and plots there (main process)."""
     accelerator = runtime.make_accelerator()
     try:
@@ -54,7 +55,7 @@ def evaluate_folder(
         items, bad = readable_items(
             imagefolder.labelled_items(data_dir, names, split, layout=layout), data_dir
         )
-        ds = imagefolder.to_hf_dataset(items, names, eval_transform(pre))
+        ds = pil.to_hf_dataset(items, names, eval_transform(pre))
         n_workers = loaders.auto_num_workers(workers, runtime.local_world_size(accelerator))
         loader = make_loader(ds, batch_size, workers=n_workers)
         result, preds = evaluate(

@@ -38,7 +38,7 @@ from trainer import runtime
 from trainer.config import ConfigError, PhaseConfig, RunConfig
 from trainer.data import imagefolder, loaders
 from trainer.data.loaders import make_loader, make_train_loader, nhwc, to_device
-from trainer.data.pipelines import fastdata, features
+from trainer.data.pipelines import fastdata, features, pil
 from trainer.data.sampling import EpochBatchSampler
 from trainer.data.transforms import Preprocessing, eval_transform, train_transform
 from trainer.errors import writing
@@ -125,7 +125,7 @@ class Run:
         self.print = self.accelerator.print
         self.claim = claim
         # Everything that can be checked is checked before output_dir is touched: a typo in
-        # imagefolder.root or model.name must not cost the finished run that output_dir holds.
+        # data.root or model.name must not cost the finished run that output_dir holds.
         rundir.check_placement(cfg.output_dir, cfg.data.root)
         set_seed(cfg.train.seed)  # the same initial weights on every rank
         if cfg.data.max_image_pixels:  # what the scan let through, the loader must open
@@ -142,7 +142,7 @@ class Run:
         set_seed(cfg.train.seed + accelerator.process_index)
         self.pre: Preprocessing = pre.with_size(cfg.data.image_size)
         self.datasets = {
-            split: imagefolder.to_hf_dataset(
+            split: pil.to_hf_dataset(
                 items,
                 self.class_names,
                 train_transform(self.pre, cfg.data)
@@ -193,7 +193,7 @@ class Run:
             self.model.load_state_dict(self.resume.payload.model)
 
     def _pixel_caches(self) -> tuple[dict | None, fastdata.DeviceTransform | None]:
-        """The uint8 cache of every split when the cached pipeline is chosen (imagefolder.pipeline)."""
+        """The uint8 cache of every split when the cached pipeline is chosen (data.pipeline)."""
         a, cfg = self.accelerator, self.cfg
         n = sum(self.index.counts().values())
         try:
@@ -390,7 +390,7 @@ class Run:
         for split in ("train", "val"):
             if split not in self.datasets:
                 continue
-            view = imagefolder.to_hf_dataset(
+            view = pil.to_hf_dataset(
                 self.index.splits[split], self.class_names, eval_transform(self.pre)
             )
             loader = a.prepare(make_loader(view, self.eval_batch_size, workers=self.workers))
@@ -729,7 +729,7 @@ class Run:
             "train_seconds": round(train_seconds, 3),
             "world_size": a.num_processes,
             "mixed_precision": a.mixed_precision,
-            "pipeline": self.pipeline,  # the input path imagefolder.pipeline chose: pil, cached, decode
+            "pipeline": self.pipeline,  # the input path data.pipeline chose: pil, cached, decode
             "weights_in_sync": len(set(self.checksums)) == 1,
             "model_dir": str(self.run_dir / "model"),
             "report": str(self.run_dir / "report.md"),

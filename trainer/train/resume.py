@@ -38,9 +38,9 @@ FREE_KEYS = (
     "overwrite",
     "checkpoint.",
     "tracking.",
-    "imagefolder.num_workers",
-    "imagefolder.check_images",
-    "imagefolder.on_bad_file",
+    "data.num_workers",
+    "data.check_images",
+    "data.on_bad_file",
     "train.log_every",
     "train.collective_timeout_s",
     "train.eval_batch_size",
@@ -253,7 +253,7 @@ def check_same_data(saved_csv: Path, index) -> None:
     changes = _describe_changes(saved, now)
     if changes:
         raise ConfigError(
-            f"imagefolder.root: the images changed since this run started ({changes}; compared with "
+            f"data.root: the images changed since this run started ({changes}; compared with "
             f"{saved_csv}); restore them to continue the run, or start over with overwrite=true "
             f"or another output_dir"
         )
