@@ -1,0 +1,207 @@
+"""`trainer eval`, `predict`, `export` and `weights`: what a user does with a model folder.
+
+eval and predict run on every process of a launch (the evaluation is shared); only the main
+process prints and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+from trainer.cli.args import BATCH, WORKERS, add_layout_arg, count, is_main, layout_as_flag
+
+
+def add_eval(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("eval", help="metrics of a model folder on a labelled image folder")
+    p.add_argument("model_dir", help="a model folder (RUN_DIR/model)")
+    p.add_argument("data_dir", help="class sub-folders, or a pre-split folder")
+    p.add_argument(
+        "--split",
+        default="auto",
+        help="train, val or test of a pre-split folder (default: test, else val)",
+    )
+    add_layout_arg(p)
+    p.add_argument("--batch-size", type=BATCH, default=128)
+    p.add_argument("--num-workers", type=WORKERS, default=None)
+    p.add_argument("--json", metavar="FILE", help="also write all metrics as JSON")
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        help="also write report.json, report.md, plots/confusion_matrix.png and plots/mistakes.png to DIR",
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from trainer.errors import writing
+    from trainer.evaluation.inference import check_outputs, evaluate_folder, not_pre_split_note
+    from trainer.files import write_text_atomic
+
+    check_outputs(json_out=args.json, report_dir=args.report)  # before any work
+    # A full disk while writing the report names its folder (the files are written inside).
+    with writing(args.report) if args.report else contextlib.nullcontext(), layout_as_flag():
+        result = evaluate_folder(
+            args.model_dir,
+            args.data_dir,
+            args.split,
+            args.batch_size,
+            args.num_workers,
+            args.report,
+            args.layout,
+        )
+    if not is_main():
+        return 0
+    _print_skipped([(b["path"], b["reason"]) for b in result["bad_files"]])
+    note = not_pre_split_note(args.model_dir, args.data_dir, args.layout)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    _print_metrics(result)
+    if args.json:
+        write_text_atomic(Path(args.json), json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _print_metrics(result: dict) -> None:
+    """eval's table: the totals, then support and accuracy per class."""
+    print(
+        f"samples {result['samples']}  accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}",
+        end="",
+    )
+    print(f"  top5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else "")
+    print(f"{'class':24} {'support':>8} {'accuracy':>9}")
+    for name, n, acc in zip(result["class_names"], result["support"], result["per_class_accuracy"]):
+        print(f"{name:24} {n:8d} {'-' if acc is None else format(acc, '.4f'):>9}")
+    if result["bad_files"]:
+        n_bad = len(result["bad_files"])
+        print(f"{n_bad} unreadable files skipped (listed on stderr; not in the numbers)")
+
+
+def _print_skipped(bad: list[tuple[str, str]]) -> None:
+    for path, reason in bad:
+        print(f"skipped unreadable image {path}: {reason}", file=sys.stderr)
+
+
+def add_predict(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "predict", help="top-k labels for image files or folders, as CSV or JSON"
+    )
+    p.add_argument("model_dir", help="a model folder (RUN_DIR/model)")
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)"
+    )
+    p.add_argument(
+        "--out",
+        default="predictions.csv",
+        help="output file; .json for JSON (default: predictions.csv)",
+    )
+    p.add_argument(
+        "--topk", type=count(1, 10**6), default=1, help="labels per image, best first (default: 1)"
+    )
+    p.add_argument("--batch-size", type=BATCH, default=64)
+    p.add_argument("--num-workers", type=WORKERS, default=None)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from trainer.data.imagefolder import DataError
+    from trainer.evaluation.inference import check_outputs, predict_paths, write_predictions
+
+    check_outputs(out=args.out)  # before the model runs: a refusal changes nothing
+    rows, bad = predict_paths(
+        args.model_dir, args.paths, args.topk, args.batch_size, args.num_workers
+    )
+    if bad and not rows:  # on every process, so that all of them exit 2
+        if is_main():
+            _print_skipped(bad)
+        listed = ", ".join(p for p, _ in bad[:3]) + (" ..." if len(bad) > 3 else "")
+        raise DataError(
+            f"none of the {len(bad)} images could be read ({listed}; reasons above); "
+            f"nothing written to {args.out}"
+        )
+    if not is_main():
+        return 0
+    write_predictions(rows, args.out, args.topk)
+    _print_skipped(bad)
+    print(
+        f"{len(rows)} predictions -> {'stdout' if args.out == '-' else args.out}"
+        + (f"; {len(bad)} unreadable files skipped" if bad else ""),
+        file=sys.stderr if args.out == "-" else sys.stdout,  # stdout holds the CSV alone
+    )
+    return 0
+
+
+def add_export(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "export",
+        help="export a model folder to ONNX or TorchScript, checked against PyTorch",
+        description="Writes OUT/model.onnx (or model.pt), config.json (labels, preprocessing) and "
+        "export.json (the measured max |logit difference| against PyTorch).",
+    )
+    p.add_argument("model_dir", help="a model folder (RUN_DIR/model)")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", help="output folder (default: MODEL_DIR-onnx or MODEL_DIR-torchscript)")
+    p.add_argument(
+        "--images",
+        nargs="*",
+        default=[],
+        metavar="PATH",
+        help="real images (files or folders) for the parity check",
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from trainer.model.export import ParityError, export_model
+
+    out = args.out or f"{str(args.model_dir).rstrip('/')}-{args.format}"
+    try:
+        result = export_model(args.model_dir, args.format, out, args.images)
+    except ParityError as e:  # the export was made but does not match: a failure, not a mistake
+        print(f"trainer export: error: {e}", file=sys.stderr)
+        return 1
+    parity = result["parity"]
+    print(
+        f"{result['format']} model -> {Path(out) / result['file']}\n"
+        f"parity on {parity['inputs']}: max |logit difference| {parity['max_abs_diff']:.2e} "
+        f"(allowed {parity['atol']:g}), same top-1: {result['same_top1']}"
+    )
+    return 0
+
+
+def add_weights(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "weights",
+        help="pretrained weights for offline machines: list what is cached, download on one with internet",
+    )
+    actions = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    actions.add_parser(
+        "list", help="pretrained weights found in the torchvision and Hugging Face caches"
+    )
+    d = actions.add_parser(
+        "download", help="fetch a backbone's pretrained weights (needs internet)"
+    )
+    d.add_argument("name", help="torchvision/<arch> or timm/<arch>")
+    d.add_argument(
+        "--to", metavar="DIR", help="write a weights file here instead of the library cache"
+    )
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from trainer.model import weights
+
+    if args.weights_command == "list":
+        rows = weights.list_cached()
+        for name, path, size in rows:
+            print(f"{name:36} {size / 2**20:8.1f} MiB  {path}")
+        if not rows:
+            print(
+                f"no pretrained weights cached (looked in {weights.torchvision_cache()} and the HF cache)"
+            )
+        return 0
+    path = weights.download(args.name, args.to)
+    print(f"{args.name}: {path}")
+    if args.to:
+        print(f"train with: model.name={args.name} model.pretrained={path}")
+    return 0
