@@ -133,7 +133,8 @@ def model_dir(tmp_path_factory) -> Path:
     predict, eval and export, where what the model answers does not matter."""
     from trainer.config import ModelConfig
     from trainer.data.transforms import Preprocessing
-    from trainer.model.classifier import build_model, save_model_folder
+    from trainer.model.classifier import build_model
+    from trainer.model.folder import save_model_folder
 
     cfg = ModelConfig(name="torchvision/resnet18", pretrained=False)
     model, _ = build_model(cfg, 2)

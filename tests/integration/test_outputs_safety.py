@@ -211,7 +211,8 @@ def test_a_pretrained_value_that_is_no_weights_file_says_what_it_takes(
     images, monkeypatch, value, words
 ):
     from trainer.config import ModelConfig
-    from trainer.model.classifier import ModelError, build_model
+    from trainer.model.classifier import build_model
+    from trainer.model.safeload import ModelError
 
     shutil.copyfile(images / "a" / "img_000.png", images.parent / "some.png")
     with pytest.raises(ModelError) as err:

@@ -150,7 +150,7 @@ def test_onnx_export_runs_in_onnxruntime_like_the_model_folder(trained_run, tmp_
     ort = pytest.importorskip("onnxruntime")
     import torch
 
-    from trainer.model.classifier import load_model_folder
+    from trainer.model.folder import load_model_folder
 
     _, run = trained_run
     assert_ok(run_cli("trainer", "export", str(run / "model"), "--out", str(tmp_path / "x")))

@@ -360,7 +360,8 @@ def test_model_folder_files_are_readable_by_others_as_the_umask_allows(tmp_path)
 
     from trainer.config import ModelConfig
     from trainer.data.transforms import IMAGENET
-    from trainer.model.classifier import Classifier, save_model_folder
+    from trainer.model.classifier import Classifier
+    from trainer.model.folder import save_model_folder
 
     model = Classifier(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     old = os.umask(0o022)
@@ -436,7 +437,8 @@ GOOD_META = {
     ],
 )
 def test_a_broken_model_folder_config_is_a_model_error_naming_the_file(tmp_path, meta, words):
-    from trainer.model.classifier import ModelError, load_model_folder
+    from trainer.model.folder import load_model_folder
+    from trainer.model.safeload import ModelError
 
     folder = _model_folder(tmp_path, meta)
     with pytest.raises(ModelError) as err:

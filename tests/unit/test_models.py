@@ -7,14 +7,9 @@ import torchvision
 from safetensors.torch import save_file
 
 from trainer.config import ModelConfig
-from trainer.model.classifier import (
-    ModelError,
-    build_model,
-    count_trainable,
-    load_model_folder,
-    save_model_folder,
-    set_frozen,
-)
+from trainer.model.classifier import build_model, count_trainable, set_frozen
+from trainer.model.folder import load_model_folder, save_model_folder
+from trainer.model.safeload import ModelError
 
 
 def test_linear_head_replaces_the_imagenet_classifier():

@@ -12,8 +12,14 @@ from safetensors.torch import save_file
 
 from tests.conftest import make_folder, run_cli
 from trainer.config import ModelConfig
-from trainer.model.classifier import ModelError, build_model, load_model_folder, save_model_folder
-from trainer.model.safeload import WeightsFileError, load_safetensors, load_torch_weights
+from trainer.model.classifier import build_model
+from trainer.model.folder import load_model_folder, save_model_folder
+from trainer.model.safeload import (
+    ModelError,
+    WeightsFileError,
+    load_safetensors,
+    load_torch_weights,
+)
 
 RESNET18 = "torchvision/resnet18"
 

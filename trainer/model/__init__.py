@@ -1,1 +1,1 @@
-"""The classifier (backbone + head), the model folder, weights files and export."""
+"""The model: classifier (backbone + head), backbones, the model folder, weights files, export."""

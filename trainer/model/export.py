@@ -20,7 +20,7 @@ from trainer.data import imagefolder
 from trainer.data.transforms import Preprocessing, eval_transform, load_rgb
 from trainer.errors import writing
 from trainer.files import check_replaceable, current_umask, write_text_atomic
-from trainer.model import classifier
+from trainer.model.folder import load_model_folder
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
@@ -105,7 +105,7 @@ def export_model(
         raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out_dir)
     _check_out(out)
-    model, meta = classifier.load_model_folder(model_dir)
+    model, meta = load_model_folder(model_dir)
     model = model.float().eval()
     pre = Preprocessing.from_dict(meta["preprocessing"])
     x, what = parity_inputs(pre, image_paths)

@@ -20,9 +20,8 @@ from safetensors.torch import load_file
 class ModelError(ValueError):
     """The model cannot be built or its weights cannot be loaded; the message says what to do.
 
-    Defined here, the lowest module that raises it, so that checkpoint loading can share it
-    without importing models.py; `trainer.models.ModelError` is this class. The CLI turns it into
-    exit code 2 with its one-line message.
+    Defined here, the lowest module that raises it (a WeightsFileError is one), so that every
+    module reading weights shares it. The CLI turns it into exit code 2 with its one-line message.
     """
 
 
@@ -62,13 +61,6 @@ def load_torch_weights(path: str | Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         raise WeightsFileError(_torch_load_message(path, e)) from None
-
-
-def load_weights(path: str | Path) -> Any:
-    """By suffix: .safetensors through safetensors, anything else through load_torch_weights."""
-    if Path(path).suffix == ".safetensors":
-        return load_safetensors(path)
-    return load_torch_weights(path)
 
 
 def _looks_like_torch_file(path: Path) -> bool:

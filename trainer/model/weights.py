@@ -14,16 +14,25 @@ from pathlib import Path
 import torch
 
 from trainer.errors import WRITE_ERRNOS, writing
-from trainer.model.classifier import ModelError
+from trainer.model.safeload import ModelError
 
 LOCAL_ERRNOS = WRITE_ERRNOS | {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
 
 
+def offline() -> bool:
+    """TRAINER_OFFLINE or HF_HUB_OFFLINE set (and not 0): fail fast instead of trying the network."""
+    return any(
+        os.environ.get(v, "") not in ("", "0") for v in ("TRAINER_OFFLINE", "HF_HUB_OFFLINE")
+    )
+
+
 def torchvision_cache() -> Path:
+    """Where torchvision keeps its downloaded weights (and `model.pretrained=true` looks)."""
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def hf_hub_cache() -> Path:
+    """Where huggingface_hub keeps timm's downloaded weights."""
     return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
 
 
@@ -68,9 +77,7 @@ def list_cached() -> list[tuple[str, str, int]]:
 
 def download(name: str, to: str | None = None) -> Path:
     """Fetch NAME's pretrained weights into the library cache, or as a file into `to`."""
-    from trainer.model.classifier import _offline
-
-    if _offline():
+    if offline():
         raise ModelError(
             "TRAINER_OFFLINE/HF_HUB_OFFLINE is set: unset it on a machine with internet"
         )
