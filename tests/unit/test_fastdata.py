@@ -160,7 +160,7 @@ def test_decode_pipeline_train_batches_carry_the_cached_pipelines_draws(images, 
 
 
 def test_an_exif_rotated_jpeg_looks_the_same_to_training_validation_and_predict(tmp_path):
-    from trainer.evaluation.inference import _PathDataset
+    from trainer.evaluation.predict import _PathDataset
 
     # Red grows to the right, green downwards: any wrong rotation or flip shows.
     x, y = np.meshgrid(np.linspace(0, 255, 40), np.linspace(0, 255, 20))

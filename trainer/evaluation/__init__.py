@@ -1,1 +1,1 @@
-"""The one evaluate(), metrics, the report and its plots, and using a saved model (eval, predict)."""
+"""Evaluation: the one evaluate(), metrics, the report and its plots, and the eval and predict commands."""

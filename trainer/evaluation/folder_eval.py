@@ -1,0 +1,102 @@
+"""`trainer eval`: a saved model folder's numbers on a labelled folder, and what they include.
+
+Runs on one process or many (`accelerate launch -m trainer eval ...`): the one evaluate() scores
+every image exactly once and the main process writes the report. Files that do not decode are
+left out as training leaves them out, and listed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trainer import runtime
+from trainer.data import imagefolder, loaders
+from trainer.data.badfiles import cache_file, check_files
+from trainer.data.pipelines import pil
+from trainer.data.transforms import Preprocessing, eval_transform
+from trainer.evaluation import report
+from trainer.evaluation.evaluate import evaluate
+from trainer.model.folder import load_model_folder
+
+
+def evaluate_folder(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    split: str,
+    batch_size: int,
+    workers: int | None,
+    report_dir: str | Path | None = None,
+    layout: str = "auto",
+) -> dict[str, Any]:
+    """Metrics of the model folder on a labelled class-per-folder tree (read as data.layout
+    `layout`), with its class names and the files left out; with `report_dir`, also report.json,
+    report.md and plots there (main process)."""
+    accelerator = runtime.make_accelerator()
+    try:
+        model, meta = load_model_folder(model_dir)
+        model = accelerator.prepare(model)
+        pre = Preprocessing.from_dict(meta["preprocessing"])
+        names = meta["class_names"]
+        items, bad = readable_items(
+            imagefolder.labelled_items(data_dir, names, split, layout=layout), data_dir
+        )
+        ds = pil.to_hf_dataset(items, names, eval_transform(pre))
+        n_workers = loaders.auto_num_workers(workers, runtime.local_world_size(accelerator))
+        loader = loaders.make_loader(ds, batch_size, workers=n_workers)
+        result, preds = evaluate(
+            model, accelerator.prepare(loader), accelerator, len(names), "eval"
+        )
+        if report_dir is not None and accelerator.is_main_process:
+            mistakes = report.confident_mistakes(preds, items)
+            report.write_report(
+                Path(report_dir),
+                result,
+                names,
+                mistakes,
+                split=split,
+                model=str(model_dir),
+                data=str(data_dir),
+            )
+        result["class_names"] = names
+        result["bad_files"] = [{"path": p, "reason": r} for p, r in bad]
+        return result
+    finally:
+        runtime.shutdown(accelerator)
+
+
+def readable_items(
+    items: list[tuple[str, int]], data_dir: str | Path
+) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+    """Leave out the files that do not decode, as training does: (good items, [(path, reason)]).
+    Verdicts are cached like `trainer scan`'s, so a second eval of the folder does not decode again."""
+    # A cache of its own: check_files keeps only the verdicts of the files it was given, and
+    # eval gives one split; training's cache of the whole folder stays whole.
+    cache = cache_file(f"{Path(data_dir).expanduser().resolve()}#eval")
+    bad = check_files([p for p, _ in items], cache=cache)
+    good = [(p, label) for p, label in items if p not in bad]
+    if not good:
+        listed = "; ".join(f"{p} ({r})" for p, r in list(bad.items())[:3])
+        raise imagefolder.DataError(
+            f"none of the {len(items)} images under {data_dir} can be read: {listed}"
+            + (" ..." if len(bad) > 3 else "")
+            + "; `trainer scan` lists every bad file"
+        )
+    return good, sorted(bad.items())
+
+
+def not_pre_split_note(model_dir: str | Path, data_dir: str | Path, layout: str) -> str | None:
+    """What eval says when it scores a whole class folder: its numbers include any image the
+    model trained on, unlike a pre-split folder's test split."""
+    notes: list[str] = []
+    root = imagefolder.find_image_root(Path(data_dir).expanduser(), layout, notes)
+    if imagefolder.split_folders(root, layout, notes, need_train=False):
+        return None
+    note = (
+        f"{data_dir} is not pre-split: every image is scored, including any the model was "
+        "trained on; for honest numbers evaluate a held-out folder"
+    )
+    run_report = Path(model_dir).parent / "report.json"
+    if run_report.is_file() and (run_report.parent / "trainer-run.json").is_file():
+        note += f", or see {run_report} (the run's held-out split)"
+    return note
