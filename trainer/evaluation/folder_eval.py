@@ -14,10 +14,10 @@ from trainer import runtime
 from trainer.data import imagefolder, loaders
 from trainer.data.badfiles import cache_file, check_files
 from trainer.data.pipelines import pil
-from trainer.data.transforms import Preprocessing, eval_transform
+from trainer.data.transforms import eval_transform
 from trainer.evaluation import report
 from trainer.evaluation.evaluate import evaluate
-from trainer.model.folder import load_model_folder
+from trainer.model.folder import load_for_inference
 
 
 def evaluate_folder(
@@ -34,9 +34,8 @@ def evaluate_folder(
     report.md and plots there (main process)."""
     accelerator = runtime.make_accelerator()
     try:
-        model, meta = load_model_folder(model_dir)
+        model, meta, pre = load_for_inference(model_dir)
         model = accelerator.prepare(model)
-        pre = Preprocessing.from_dict(meta["preprocessing"])
         names = meta["class_names"]
         items, bad = readable_items(
             imagefolder.labelled_items(data_dir, names, split, layout=layout), data_dir

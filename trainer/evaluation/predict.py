@@ -24,7 +24,7 @@ from trainer.data import imagefolder, loaders
 from trainer.data.badfiles import check_file
 from trainer.data.transforms import Preprocessing, eval_transform, load_rgb
 from trainer.files import write_text_atomic
-from trainer.model.folder import load_model_folder
+from trainer.model.folder import load_for_inference
 
 
 class _PathDataset(Dataset):
@@ -68,9 +68,8 @@ def predict_paths(
     for the unreadable ones."""
     accelerator = runtime.make_accelerator()
     try:
-        model, meta = load_model_folder(model_dir)
+        model, meta, pre = load_for_inference(model_dir)
         model = accelerator.prepare(model)
-        pre = Preprocessing.from_dict(meta["preprocessing"])
         names = meta["class_names"]
         files = expand_paths(paths)
         if not files:
@@ -135,6 +134,7 @@ def predictions_header(k: int) -> list[str]:
 
 
 def predictions_csv(rows: list[dict]) -> str:
+    """The rows as CSV text, probabilities to 6 decimals, as many label columns as the longest row."""
     header = predictions_header(max((len(r["labels"]) for r in rows), default=1))
     text = io.StringIO(newline="")
     w = csv.writer(text)

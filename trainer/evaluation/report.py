@@ -40,6 +40,7 @@ def confident_mistakes(
 def most_confused(
     matrix: Sequence[Sequence[int]], class_names: Sequence[str], n: int = 10
 ) -> list[dict]:
+    """The n (true, predicted) class pairs with the most mistakes, largest count first."""
     pairs = [
         {"true": class_names[i], "predicted": class_names[j], "count": int(c)}
         for i, row in enumerate(matrix)
@@ -95,6 +96,8 @@ def _fmt(v: Any) -> str:
 
 
 def render_markdown(report: dict, plot_files: dict[str, str]) -> str:
+    """report.md: the overall and per-class tables, the most confused pairs, the plots
+    ({title: path}) and the most confident mistakes."""
     lines = [f"# Evaluation report: {report.get('split', 'eval')} split", ""]
     for key in ("model", "data", "epoch"):
         if key in report:

@@ -36,6 +36,8 @@ def build_backbone(name: str, pretrained: bool | str) -> tuple[nn.Module, int, P
 
 
 def torchvision_backbone(arch: str, pretrained: bool | str) -> tuple[nn.Module, int, Preprocessing]:
+    """torchvision.models' `arch` with its last linear layer replaced by an identity; weights
+    from torchvision's cache (pretrained=True) or a file; preprocessing of its ImageNet weights."""
     import torchvision
 
     # Inception/GoogLeNet: no auxiliary classifiers (their outputs would be unused by the loss,
@@ -109,6 +111,8 @@ def _replace_module(model: nn.Module, dotted: str, new: nn.Module) -> nn.Module:
 
 
 def _download_torchvision_weights(arch: str, weights_enum: Any) -> dict[str, torch.Tensor]:
+    """From torchvision's cache, else downloaded into it; offline, an error that says how to
+    bring the file over."""
     filename = os.path.basename(weights_enum.url)
     cached = torchvision_cache() / filename
     if cached.is_file():
@@ -137,6 +141,8 @@ def _download_torchvision_weights(arch: str, weights_enum: Any) -> dict[str, tor
 
 
 def timm_backbone(arch: str, pretrained: bool | str) -> tuple[nn.Module, int, Preprocessing]:
+    """timm's `arch` without its classifier (pooled features); weights from the Hugging Face
+    cache or hub (pretrained=True) or a file; preprocessing from its pretrained config."""
     try:
         import timm
     except ImportError:

@@ -70,4 +70,5 @@ def freeze_batchnorm(module: nn.Module) -> None:
 
 
 def count_trainable(model: nn.Module) -> int:
+    """Parameters (elements) that get gradients."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

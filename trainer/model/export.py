@@ -20,7 +20,7 @@ from trainer.data import imagefolder
 from trainer.data.transforms import Preprocessing, eval_transform, load_rgb
 from trainer.errors import writing
 from trainer.files import check_replaceable, current_umask, write_text_atomic
-from trainer.model.folder import load_model_folder
+from trainer.model.folder import load_for_inference
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
@@ -105,9 +105,8 @@ def export_model(
         raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out_dir)
     _check_out(out)
-    model, meta = load_model_folder(model_dir)
+    model, meta, pre = load_for_inference(model_dir)
     model = model.float().eval()
-    pre = Preprocessing.from_dict(meta["preprocessing"])
     x, what = parity_inputs(pre, image_paths)
     out.mkdir(parents=True, exist_ok=True)
     target = out / ("model.onnx" if fmt == "onnx" else "model.pt")

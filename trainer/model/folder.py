@@ -115,6 +115,13 @@ def load_model_folder(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
     return model, meta
 
 
+def load_for_inference(folder: str | Path) -> tuple[Classifier, dict[str, Any], Preprocessing]:
+    """load_model_folder and the preprocessing its images need: what eval, predict and export
+    start from."""
+    model, meta = load_model_folder(folder)
+    return model, meta, Preprocessing.from_dict(meta["preprocessing"])
+
+
 def _is_model_folder(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
