@@ -20,7 +20,7 @@ BUG_LINE = "this is a bug in trainer; please report it with the command and the 
 # (module, class) of the errors whose message already names the thing and the fix.
 USER_ERRORS = (
     ("trainer.config", "ConfigError"),
-    ("trainer.data.imagefolder", "DataError"),
+    ("trainer.data.layout", "DataError"),
     ("trainer.model.safeload", "ModelError"),
     ("trainer.train.checkpoint", "CheckpointError"),
     ("trainer.model.export", "ExportError"),

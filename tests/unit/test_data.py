@@ -8,13 +8,13 @@ from PIL import Image
 
 from tests.conftest import make_folder, make_pre_split
 from trainer.config import DataConfig
-from trainer.data.imagefolder import (
-    DataError,
+from trainer.data.layout import DataError
+from trainer.data.pipelines.pil import to_hf_dataset
+from trainer.data.splits import (
     labelled_items,
     scan,
     stratified_split,
 )
-from trainer.data.pipelines.pil import to_hf_dataset
 from trainer.data.transforms import IMAGENET, eval_transform, load_rgb
 
 

@@ -14,8 +14,8 @@ import pytest
 from tests.conftest import make_folder
 from trainer.config import DataConfig
 from trainer.data import badfiles as scan_module
-from trainer.data.imagefolder import list_images
 from trainer.data.pipelines import fastdata
+from trainer.data.walk import list_images
 from trainer.train.preemption import StopFlag
 
 ONE_PROCESS = SimpleNamespace(num_processes=1)

@@ -8,7 +8,8 @@ import pytest
 
 from tests.conftest import make_folder, make_pre_split, run_cli
 from trainer.config import DataConfig
-from trainer.data.imagefolder import DataError, find_image_root, labelled_items, scan
+from trainer.data.layout import DataError, find_image_root
+from trainer.data.splits import labelled_items, scan
 
 
 def scan_of(root: Path, layout: str = "auto", **kw):

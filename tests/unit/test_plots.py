@@ -6,8 +6,8 @@ from PIL import Image
 
 from tests.conftest import make_folder
 from trainer.config import DataConfig
-from trainer.data.imagefolder import scan
 from trainer.data.pipelines.pil import to_hf_dataset
+from trainer.data.splits import scan
 from trainer.data.transforms import IMAGENET, train_transform
 from trainer.evaluation import plots
 

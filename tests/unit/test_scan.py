@@ -14,10 +14,12 @@ from tests.image_corpus import BAD, GOOD_ODD, IGNORED, write_corpus
 from trainer.cli import main
 from trainer.config import DataConfig
 from trainer.data import badfiles as scan_module
-from trainer.data import imagefolder as data_module
+from trainer.data import splits as data_module
 from trainer.data.badfiles import cache_file, check_file, check_files
-from trainer.data.imagefolder import DataError, list_images, scan, write_bad_files_csv
+from trainer.data.layout import DataError
+from trainer.data.splits import scan, write_bad_files_csv
 from trainer.data.transforms import load_rgb
+from trainer.data.walk import list_images
 
 
 @pytest.fixture(autouse=True)

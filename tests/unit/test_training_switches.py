@@ -7,7 +7,7 @@ from torchvision.transforms import v2
 
 from tests.conftest import make_folder
 from trainer.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
-from trainer.data.imagefolder import scan
+from trainer.data.splits import scan
 from trainer.data.transforms import IMAGENET, train_transform
 from trainer.model.classifier import build_model, freeze_batchnorm, set_frozen
 from trainer.train.ema import ModelEMA

@@ -1,0 +1,159 @@
+"""Which image files lie below a folder: each real file once, symlinks followed once.
+
+Images are told by their extension. Folders are walked with `os.scandir` (fast on large trees),
+depth first in name order, so the order never depends on the disk. Symlinks are followed once per
+real folder and each real image is listed once (by device and inode); what was not followed or
+counted twice is kept in a `Walk` and told to the user as notes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+
+Key = tuple[int, int]  # (st_dev, st_ino): a real file or folder, whatever path leads to it
+
+
+def is_image_file(name: str) -> bool:
+    """By extension; hidden files (.DS_Store, ._foo.jpg from macOS) and Thumbs.db are not images."""
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+@dataclass
+class Walk:
+    """What one scan has visited: every real folder is entered once (a symlink loop, or a second
+    link to a folder, is not followed again) and every real file is listed once (by device and
+    inode), however many links lead to it. The first path found in a sorted walk is kept; a
+    class folder is never entered from another class (it keeps its own images)."""
+
+    folders: dict[Key, tuple[str, str]] = field(default_factory=dict)  # -> (class, first path)
+    files: dict[Key, tuple[str, str]] = field(default_factory=dict)  # -> (class, first path)
+    classes: dict[Key, tuple[str, str]] = field(default_factory=dict)  # this split's class dirs
+    owner: str = ""  # the class being listed
+    ignored: list[str] = field(default_factory=list)  # not images by their name
+    not_followed: list[str] = field(default_factory=list)  # links to folders already entered
+    twice: list[str] = field(default_factory=list)  # images already listed through another path
+    broken: list[str] = field(default_factory=list)  # links that lead nowhere
+    two_labels: list[tuple[str, str]] = field(default_factory=list)  # (kept path, other class's)
+
+    def notes(self, root: Path) -> list[str]:
+        """What the user should hear about the links met, paths relative to `root`."""
+
+        def some(paths: list[str]) -> str:
+            shown = ", ".join(os.path.relpath(p, root) for p in sorted(paths)[:3])
+            return shown + (", ..." if len(paths) > 3 else "")
+
+        def pairs(found: list[tuple[str, str]]) -> str:
+            def rel(path: str) -> str:
+                return os.path.relpath(path, root) + ("/" if os.path.isdir(path) else "")
+
+            shown = ", ".join(f"{rel(kept)} (also {rel(other)})" for kept, other in found[:3])
+            return shown + (", ..." if len(found) > 3 else "")
+
+        notes = []
+        if self.not_followed:
+            notes.append(
+                f"{len(self.not_followed)} links lead to folders already scanned (a loop or a "
+                f"second link), not followed again: {some(self.not_followed)}"
+            )
+        if self.twice:
+            notes.append(
+                f"{len(self.twice)} images reached a second time through links, counted once: "
+                f"{some(self.twice)}"
+            )
+        if self.broken:
+            notes.append(f"{len(self.broken)} broken links skipped: {some(self.broken)}")
+        if self.two_labels:
+            notes.append(
+                f"{len(self.two_labels)} images or folders are linked into two classes and would "
+                f"carry two labels; each is used in one class only: {pairs(self.two_labels)}"
+            )
+        return notes
+
+    def seen_folder(self, top: str, key: Key) -> bool:
+        """True if `top` is not to be entered: entered already, or another class's folder."""
+        first = self.classes.get(key)
+        if first is not None and first[0] != self.owner:
+            self.two_labels.append((first[1], top))
+            return True
+        if key not in self.folders:
+            self.folders[key] = (self.owner, top)
+            return False
+        owner, entered = self.folders[key]
+        if owner != self.owner:
+            self.two_labels.append((entered, top))
+        else:
+            self.not_followed.append(top)
+        return True
+
+    def seen_file(self, path: str, key: Key) -> bool:
+        """True if the image at `path` was listed already (through another path)."""
+        if key not in self.files:
+            self.files[key] = (self.owner, path)
+            return False
+        owner, first = self.files[key]
+        if owner != self.owner:
+            self.two_labels.append((first, path))
+        else:
+            self.twice.append(path)
+        return True
+
+
+def _image_files(folder: Path, walk: Walk) -> Iterator[str]:
+    """The image files below `folder` that `walk` has not listed yet, depth first in name order
+    (the same on every rank). Other files (.DS_Store, notes.txt) go to `walk.ignored`."""
+    stack = [str(folder)]
+    while stack:
+        top = stack.pop()
+        st = os.stat(top)
+        if walk.seen_folder(top, (st.st_dev, st.st_ino)):
+            continue
+        with os.scandir(top) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        subfolders = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=True):
+                if not entry.name.startswith("."):
+                    subfolders.append(entry.path)
+            elif not entry.is_file(follow_symlinks=True):
+                if entry.is_symlink():
+                    walk.broken.append(entry.path)
+            elif not is_image_file(entry.name):
+                walk.ignored.append(entry.path)
+            else:
+                # A plain entry's inode needs no stat call; a link's target does.
+                key = (st.st_dev, entry.inode())
+                if entry.is_symlink():
+                    target = entry.stat(follow_symlinks=True)
+                    key = (target.st_dev, target.st_ino)
+                if not walk.seen_file(entry.path, key):
+                    yield entry.path
+        stack.extend(reversed(subfolders))
+
+
+def list_images(folder: Path, walk: Walk | None = None) -> list[str]:
+    """All image files below `folder` (recursively, links followed once), sorted so the order
+    never depends on the disk. Other files (.DS_Store, notes.txt) go to `walk.ignored`."""
+    return sorted(_image_files(folder, walk if walk is not None else Walk()))
+
+
+def holds_images(folder: Path) -> bool:
+    """Any image file below `folder`; stops at the first one."""
+    return next(_image_files(folder, Walk()), None) is not None
+
+
+def subfolders(folder: Path) -> list[Path]:
+    """The sub-folders of `folder` (links followed, hidden ones left out), sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def loose_images(folder: Path) -> list[str]:
+    """Image files directly in `folder` (not in a sub-folder)."""
+    with os.scandir(folder) as it:
+        return sorted(e.path for e in it if is_image_file(e.name) and e.is_file())
