@@ -1,4 +1,5 @@
-"""Image decoding to proper RGB, and train/eval transforms sized from the backbone's metadata."""
+"""How an image file becomes the model's input: decoding to proper RGB, the train/eval transforms
+sized from the backbone's metadata, and where the eval center crop sits."""
 
 from __future__ import annotations
 
@@ -115,6 +116,14 @@ def train_transform(pre: Preprocessing, cfg: DataConfig) -> v2.Compose:
     if cfg.random_erasing > 0:
         ops.append(v2.RandomErasing(p=cfg.random_erasing, value=0))  # 0 = the mean after Normalize
     return v2.Compose(ops)
+
+
+def center_crop_offset(length: int, crop: int) -> int:
+    """Where the eval center crop of `crop` pixels starts along a side of `length` pixels:
+    torchvision's CenterCrop rule (`eval_transform`), round((length - crop) / 2) with Python's
+    round half to even. The cached and decode pipelines place their eval view by it, so it holds
+    exactly the pixels of the PIL path."""
+    return int(round((length - crop) / 2.0))
 
 
 def eval_transform(pre: Preprocessing) -> v2.Compose:
