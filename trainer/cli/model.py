@@ -38,7 +38,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from trainer.errors import writing
-    from trainer.evaluation.inference import check_outputs, evaluate_folder, not_pre_split_note
+    from trainer.evaluation.folder_eval import evaluate_folder, not_pre_split_note
+    from trainer.evaluation.outputs import check_outputs
     from trainer.files import write_text_atomic
 
     check_outputs(json_out=args.json, report_dir=args.report)  # before any work
@@ -107,7 +108,8 @@ def add_predict(commands: argparse._SubParsersAction) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from trainer.data.imagefolder import DataError
-    from trainer.evaluation.inference import check_outputs, predict_paths, write_predictions
+    from trainer.evaluation.outputs import check_outputs
+    from trainer.evaluation.predict import predict_paths, write_predictions
 
     check_outputs(out=args.out)  # before the model runs: a refusal changes nothing
     rows, bad = predict_paths(
