@@ -1,0 +1,217 @@
+"""What every bench case shares: the config, the device, the image folder and the settings the
+runner would use on them, resolved once by the runner's own helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import os
+import platform
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.bench.images import data_root
+from trainer.bench.options import BenchOptions
+from trainer.config import ConfigError, PhaseConfig, RunConfig, TrainConfig, load_config
+
+# Speed does not depend on the weights' values, and none can be downloaded on many machines.
+BENCH_DEFAULTS = ["model.pretrained=false"]
+
+
+@dataclass
+class Setup:
+    """Everything the cases share, resolved once from the config and the device."""
+
+    cfg: RunConfig
+    root: Path  # the image root the runner's scan found
+    split_dirs: dict[str, Path]  # train/ val/ test/ of a pre-split folder; {} for one folder
+    train_dir: Path  # what ImageFolder reads: root/train of a pre-split folder, else root
+    layout: str  # pre-split | one folder
+    num_classes: int
+    images: int  # in train_dir
+    split_counts: dict[str, int]  # images per split, as the runner splits them
+    device: Any  # torch.device
+    precision: str  # no | bf16 | fp16
+    precision_note: str  # where the precision came from
+    channels_last: bool
+    compile: bool
+    image_size: int
+    resize_size: int  # eval resize (the cached pipeline stores images at this size)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    workers: int
+    phase: PhaseConfig
+    phase_index: int
+
+
+def prepare(opts: BenchOptions, workdir: Path, recipe: str | None, phase: int) -> Setup:
+    """The config (--config, else `recipe`; the bench's defaults under the overrides) pointed at
+    the data (generated into `workdir` when none is given), resolved for one phase."""
+    cfg = _load(opts, None, recipe)
+    root = data_root(opts, cfg, workdir)
+    return resolve(_load(opts, root, recipe), phase)
+
+
+def _load(opts: BenchOptions, root: Path | None, recipe: str | None) -> RunConfig:
+    extra = [f"data.root={root}"] if root else []
+    return load_config(opts.config or recipe, [*BENCH_DEFAULTS, *opts.overrides, *extra])
+
+
+def resolve(cfg: RunConfig, phase_index: int) -> Setup:
+    """The settings every case uses; None-valued switches resolved by the runner's helpers."""
+    from trainer.data import loaders
+    from trainer.model.classifier import build_model
+    from trainer.train import settings
+
+    phases = cfg.train.phases
+    if phase_index >= len(phases):
+        raise ConfigError(f"--phase: {phase_index}, but the config has {len(phases)} phase(s)")
+    device = pick_device()
+    precision, note = bench_precision(cfg.train, device)
+    folder = _image_folder(cfg)
+    _, pre = build_model(dataclasses.replace(cfg.model, pretrained=False), folder["num_classes"])
+    pre = pre.with_size(cfg.data.image_size)
+    return Setup(
+        cfg=cfg,
+        **folder,
+        device=device,
+        precision=precision,
+        precision_note=note,
+        channels_last=settings.channels_last(cfg.train, device),
+        compile=cfg.train.compile,
+        image_size=pre.image_size,
+        resize_size=pre.resize_size,
+        mean=pre.mean,
+        std=pre.std,
+        workers=loaders.auto_num_workers(cfg.data.num_workers, 1),  # one process
+        phase=phases[phase_index],
+        phase_index=phase_index,
+    )
+
+
+def _image_folder(cfg: RunConfig) -> dict[str, Any]:
+    """The image folder as the runner reads it: its own scan (the image check left to the
+    runner's case, which does it), and the split folders that ImageFolder is pointed at."""
+    from trainer.data import imagefolder
+
+    index = imagefolder.scan(dataclasses.replace(cfg.data, check_images=False))
+    split_dirs = imagefolder.split_folders(index.root, cfg.data.layout, []) or {}
+    counts = index.counts()
+    return {
+        "root": index.root,
+        "split_dirs": split_dirs,
+        "train_dir": split_dirs.get("train", index.root),
+        "layout": "pre-split" if index.layout == "pre-split" else "one folder",
+        "num_classes": len(index.class_names),
+        # A split without a folder of its own (all of them in one folder, val without val/)
+        # was cut out of train_dir: its images are in what ImageFolder reads there.
+        "images": sum(n for name, n in counts.items() if name == "train" or name not in split_dirs),
+        "split_counts": counts,
+    }
+
+
+def bench_precision(cfg: TrainConfig, device) -> tuple[str, str]:
+    """train.mixed_precision, else bf16 on a CUDA device that has it (what the GPU profiles in
+    accelerate_configs/ launch the runner with) and fp32 elsewhere; and where it came from.
+    The runner leaves an unset train.mixed_precision to accelerate (launcher or config file);
+    the bench runs without a launcher, so it picks what those profiles would."""
+    import torch
+
+    if cfg.mixed_precision is not None:
+        return cfg.mixed_precision, "train.mixed_precision"
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return ("bf16" if bf16 else "no"), "chosen by the bench"
+
+
+def pick_device():
+    """CUDA, else MPS, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def device_name(device) -> str:
+    """The GPU's name, or the CPU's model and count."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name} ({os.cpu_count()} CPUs)"
+
+
+def sync(device) -> None:
+    """Wait for queued device work: clocks read before this would time the launches only."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class PeakMemory:
+    """Peak device memory allocated within the block, in bytes (None off CUDA)."""
+
+    def __init__(self, device):
+        self.device, self.bytes = device, None
+
+    def __enter__(self):
+        import torch
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.device.type == "cuda":
+            sync(self.device)
+            self.bytes = torch.cuda.max_memory_allocated(self.device)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def private_caches(workdir: Path) -> Iterator[None]:
+    """Scan verdicts and pixel caches in the bench's own folder: every run starts cold and
+    nothing big is left in the user's cache (unless data.cache_dir says where)."""
+    old = os.environ.get("TRAINER_CACHE_DIR")
+    os.environ["TRAINER_CACHE_DIR"] = str(workdir / "cache")
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TRAINER_CACHE_DIR", None)
+        else:
+            os.environ["TRAINER_CACHE_DIR"] = old
+
+
+def versions() -> dict[str, str]:
+    """torch, torchvision and trainer versions, for the header and the JSON."""
+    import torch
+    import torchvision
+
+    from trainer.runtime import package_version
+
+    return {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "trainer": package_version("trainer") or "",
+    }

@@ -1,0 +1,209 @@
+"""`trainer bench --whole-run`: the wall clock of a whole multi-phase run (the
+resnet50-two-phase recipe by default), the runner against the loop a blog script writes for the
+same phases, on the same pre-split folder, one after the other in one process."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from trainer.bench.cases import BLOG_BATCH_SIZE, pipeline_used, runner_config
+from trainer.bench.images import warm_page_cache
+from trainer.bench.options import WHOLE_RUN_RECIPE, BenchOptions
+from trainer.bench.report import gib, settings_json, write_json
+from trainer.bench.setup import (
+    PeakMemory,
+    Setup,
+    device_name,
+    prepare,
+    private_caches,
+    sync,
+    versions,
+)
+
+
+def run_whole(opts: BenchOptions) -> dict[str, Any]:
+    """Wall clock of a whole run: trainer.loop.run vs the blog-script loop, same data, same device."""
+    with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp, private_caches(Path(tmp)):
+        workdir = Path(tmp)
+        s = prepare(opts, workdir, WHOLE_RUN_RECIPE, 0)
+        if "train" not in s.split_dirs or "val" not in s.split_dirs:
+            from trainer.data.imagefolder import DataError
+
+            raise DataError(
+                f"--whole-run needs a pre-split folder (train/ val/ [test/]); {str(s.root)!r} is not"
+            )
+        found = versions()
+        header = _header_lines(opts, s, found)
+        print("\n".join(header))
+        warm_page_cache(s.root)
+        print("ours: trainer.loop.run ...", flush=True)
+        ours = _time_runner(s, workdir / "run")
+        print("blog script ...", flush=True)
+        with PeakMemory(s.device) as blog_peak:
+            blog = blog_whole_run(s)
+        blog["peak_memory_bytes"] = blog_peak.bytes
+    print("\n" + "\n".join(header + [""] + _table_lines(s, ours, blog)))
+    result = {
+        "device": device_name(s.device),
+        "device_type": s.device.type,
+        **found,
+        "settings": {
+            **settings_json(opts, s),
+            "config": opts.config or WHOLE_RUN_RECIPE,
+            "phases": [dataclasses.asdict(p) for p in s.cfg.train.phases],
+            "split_counts": s.split_counts,
+        },
+        "whole_run": {
+            "ours_seconds": ours["seconds"],
+            "ours_train_seconds": ours["summary"].get("train_seconds"),
+            "ours_test_accuracy": ours["summary"].get("test_accuracy"),
+            "ours_pipeline": ours["pipeline"],
+            "ours_peak_memory_bytes": ours["peak_memory_bytes"],
+            "blog_seconds": blog["seconds"],
+            "blog_test_accuracy": blog["test_accuracy"],
+            "blog_peak_memory_bytes": blog["peak_memory_bytes"],
+            "blog_over_ours": blog["seconds"] / ours["seconds"],
+        },
+    }
+    write_json(opts, result)
+    return result
+
+
+def _header_lines(opts: BenchOptions, s: Setup, found: dict[str, str]) -> list[str]:
+    """The device, the config and its phases, the data's split counts."""
+    m = s.cfg.model
+    phases = ", ".join(
+        f"{p.name} {p.epochs} epoch(s) freeze {p.freeze} lr {p.optim.lr:g}"
+        for p in s.cfg.train.phases
+    )
+    return [
+        f"trainer bench --whole-run on {s.device.type}: {device_name(s.device)}; "
+        f"torch {found['torch']}, torchvision {found['torchvision']}",
+        f"config {opts.config or WHOLE_RUN_RECIPE}: {m.name} (pretrained={m.pretrained}), "
+        f"{s.num_classes} classes, {s.image_size} px; phases: {phases}",
+        f"data {s.root}: " + ", ".join(f"{k} {n}" for k, n in s.split_counts.items()),
+    ]
+
+
+def _time_runner(s: Setup, run_dir: Path) -> dict[str, Any]:
+    """The runner on the config's phases and checkpoint settings: seconds, summary, pipeline."""
+    from trainer.train import loop
+
+    cfg = runner_config(s, run_dir, None)
+    with PeakMemory(s.device) as peak:
+        start = time.perf_counter()
+        summary = loop.run(cfg)
+        sync(s.device)
+        seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "summary": summary,
+        "pipeline": pipeline_used(s, summary),
+        "peak_memory_bytes": peak.bytes,
+    }
+
+
+def _table_lines(s: Setup, ours: dict[str, Any], blog: dict[str, Any]) -> list[str]:
+    """Both wall clocks and their ratio."""
+    cfg = s.cfg
+    ours_desc = (
+        f"ours: trainer.loop.run (precision {s.precision}, batch {cfg.train.batch_size}, "
+        f"{s.workers} workers, data.pipeline {ours['pipeline']}, "
+        f"checkpoints {'on' if cfg.checkpoint.enabled else 'off'})"
+    )
+    blog_desc = f"blog script (fp32, NCHW, batch {BLOG_BATCH_SIZE}, 0 workers, PIL ImageFolder)"
+    width = max(len(ours_desc), len(blog_desc))
+    return [
+        f"{'whole run':{width}}  {'wall clock':>10}  {'peak GPU mem':>12}",
+        f"{ours_desc:{width}}  {ours['seconds']:9.1f}s  {gib(ours['peak_memory_bytes']):>12}",
+        f"{blog_desc:{width}}  {blog['seconds']:9.1f}s  {gib(blog['peak_memory_bytes']):>12}",
+        "",
+        f"blog / ours  {blog['seconds'] / ours['seconds']:6.2f}  (wall-clock ratio: above 1, ours is that many times faster)",
+    ]
+
+
+def _blog_loaders(s: Setup) -> dict[str, Any]:
+    """PIL ImageFolder per split folder, batch 16, no workers; the eval view resized by 256/224."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    norm = [transforms.ToTensor(), transforms.Normalize(s.mean, s.std)]
+    train_tf = transforms.Compose(
+        [transforms.RandomResizedCrop(s.image_size), transforms.RandomHorizontalFlip(), *norm]
+    )
+    resize = round(s.image_size * 256 / 224)
+    eval_tf = transforms.Compose(
+        [transforms.Resize(resize), transforms.CenterCrop(s.image_size), *norm]
+    )
+    return {
+        name: DataLoader(
+            datasets.ImageFolder(str(path), transform=train_tf if name == "train" else eval_tf),
+            batch_size=BLOG_BATCH_SIZE,
+            shuffle=name == "train",
+            num_workers=0,
+        )
+        for name, path in s.split_dirs.items()
+    }
+
+
+def _blog_epoch(model, loader, device, optimizer=None) -> float:
+    """One pass over `loader` as a blog script writes it (trains when given an optimizer, reads
+    the loss and the number correct back every batch); returns the accuracy."""
+    import torch
+    import torch.nn.functional as F
+
+    train = optimizer is not None
+    model.train(train)
+    correct, seen = 0, 0
+    with torch.set_grad_enabled(train):
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+            if train:
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            _ = loss.item() * images.size(0)  # the running loss they print
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += labels.size(0)
+    return correct / max(seen, 1)
+
+
+def blog_whole_run(s: Setup) -> dict[str, Any]:
+    """A blog script's multi-phase transfer learning, as written in countless tutorials: PIL
+    ImageFolder, batch 16, no workers, fp32, NCHW, `.item()` per batch; the phases (epochs,
+    freeze, lr) of the config, each with one Adam; the best val epoch's weights tested at the end."""
+    import torch
+
+    from trainer.model import classifier
+    from trainer.train import settings
+
+    start = time.perf_counter()
+    loaders = _blog_loaders(s)
+    torch.manual_seed(0)
+    model, _ = classifier.build_model(s.cfg.model, s.num_classes)
+    model = model.to(s.device)
+    best_acc, best_state = -1.0, None
+    for phase in s.cfg.train.phases:
+        settings.freeze(model, phase)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(trainable, lr=phase.optim.lr)
+        for _ in range(phase.epochs):
+            _blog_epoch(model, loaders["train"], s.device, optimizer)
+            acc = _blog_epoch(model, loaders["val"], s.device)
+            if acc > best_acc:
+                best_acc, best_state = acc, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    test_acc = _blog_epoch(model, loaders["test"], s.device) if "test" in loaders else None
+    sync(s.device)
+    return {
+        "seconds": time.perf_counter() - start,
+        "best_val_accuracy": best_acc,
+        "test_accuracy": test_acc,
+    }
