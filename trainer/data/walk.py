@@ -82,26 +82,25 @@ class Walk:
         if first is not None and first[0] != self.owner:
             self.two_labels.append((first[1], top))
             return True
-        if key not in self.folders:
-            self.folders[key] = (self.owner, top)
-            return False
-        owner, entered = self.folders[key]
-        if owner != self.owner:
-            self.two_labels.append((entered, top))
-        else:
-            self.not_followed.append(top)
-        return True
+        return self._seen(self.folders, key, top, self.not_followed)
 
     def seen_file(self, path: str, key: Key) -> bool:
         """True if the image at `path` was listed already (through another path)."""
-        if key not in self.files:
-            self.files[key] = (self.owner, path)
+        return self._seen(self.files, key, path, self.twice)
+
+    def _seen(
+        self, first: dict[Key, tuple[str, str]], key: Key, path: str, again: list[str]
+    ) -> bool:
+        """Record the first path to `key`; a later one is kept in `again` when it is reached
+        from the same class, in `two_labels` when from another."""
+        if key not in first:
+            first[key] = (self.owner, path)
             return False
-        owner, first = self.files[key]
+        owner, kept = first[key]
         if owner != self.owner:
-            self.two_labels.append((first, path))
+            self.two_labels.append((kept, path))
         else:
-            self.twice.append(path)
+            again.append(path)
         return True
 
 
