@@ -40,15 +40,15 @@ def test_cached_pipeline_with_channels_last_bf16_and_compile_on_gpu(tmp_path):
 
 def test_cached_eval_pixels_on_gpu_match_the_cpu(tmp_path):
     from trainer.config import DataConfig
-    from trainer.data.pipelines import fastdata
+    from trainer.data.pipelines import cached, device, pixelcache
     from trainer.data.transforms import IMAGENET
 
     root = make_folder(tmp_path / "images", ["a"], 4, size=300)
     paths = sorted(str(p) for p in (root / "a").iterdir())
-    cache = fastdata.build(paths, IMAGENET, DataConfig(cache_dir=str(tmp_path / "c")), workers=1)
-    view = fastdata.CachedEvalView(cache, [0] * 4, IMAGENET.image_size)
+    cache = pixelcache.build(paths, IMAGENET, DataConfig(cache_dir=str(tmp_path / "c")), workers=1)
+    view = cached.CachedEvalView(cache, [0] * 4, IMAGENET.image_size)
     batch = {"pixels": torch.stack([view[i]["pixels"] for i in range(4)])}
-    cpu = fastdata.DeviceTransform(IMAGENET, torch.device("cpu"))(dict(batch))["pixel_values"]
+    cpu = device.DeviceTransform(IMAGENET, torch.device("cpu"))(dict(batch))["pixel_values"]
     gpu_batch = {"pixels": batch["pixels"].cuda()}
-    gpu = fastdata.DeviceTransform(IMAGENET, torch.device("cuda"))(gpu_batch)["pixel_values"]
+    gpu = device.DeviceTransform(IMAGENET, torch.device("cuda"))(gpu_batch)["pixel_values"]
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=0)

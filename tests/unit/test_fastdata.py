@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from trainer.config import DataConfig
-from trainer.data.pipelines import fastdata, pil
+from trainer.data.pipelines import choose, decode, device, pil, pixelcache
+from trainer.data.pipelines.cached import CachedEvalView, CachedTrainView, crop_box
 from trainer.data.transforms import Preprocessing, eval_transform, load_rgb
 
 PRE = Preprocessing(32, 37, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -35,9 +36,9 @@ def _cfg(tmp_path: Path, **kw) -> DataConfig:
 
 
 def test_eval_view_from_the_cache_equals_the_pil_eval_transform(images, tmp_path):
-    cache = fastdata.build(images, PRE, _cfg(tmp_path), workers=2)
-    view = fastdata.CachedEvalView(cache, [0] * len(images), PRE.image_size)
-    to_float = fastdata.DeviceTransform(PRE, torch.device("cpu"))
+    cache = pixelcache.build(images, PRE, _cfg(tmp_path), workers=2)
+    view = CachedEvalView(cache, [0] * len(images), PRE.image_size)
+    to_float = device.DeviceTransform(PRE, torch.device("cpu"))
     for row, path in enumerate(images):
         sample = view[row]
         got = to_float({"pixels": sample["pixels"][None]})["pixel_values"][0]
@@ -47,28 +48,28 @@ def test_eval_view_from_the_cache_equals_the_pil_eval_transform(images, tmp_path
 
 def test_the_cache_is_reused_and_rebuilt_when_data_or_resolution_change(images, tmp_path):
     said: list[str] = []
-    first = fastdata.build(images, PRE, _cfg(tmp_path), workers=1, say=said.append)
-    again = fastdata.build(images, PRE, _cfg(tmp_path), workers=1, say=said.append)
+    first = pixelcache.build(images, PRE, _cfg(tmp_path), workers=1, say=said.append)
+    again = pixelcache.build(images, PRE, _cfg(tmp_path), workers=1, say=said.append)
     assert again.folder == first.folder and "reusing" in said[-1]
     bigger = PRE.with_size(48)
-    assert fastdata.build(images, bigger, _cfg(tmp_path), workers=1).folder != first.folder
+    assert pixelcache.build(images, bigger, _cfg(tmp_path), workers=1).folder != first.folder
     Image.new("RGB", (40, 40), (1, 2, 3)).save(images[0])  # new content, size and mtime
     os.utime(images[0], ns=(1, 1))
-    rebuilt = fastdata.build(images, PRE, _cfg(tmp_path), workers=1, say=said.append)
+    rebuilt = pixelcache.build(images, PRE, _cfg(tmp_path), workers=1, say=said.append)
     assert rebuilt.folder != first.folder and "decoded" in said[-1]
     assert rebuilt.pixels[0, 10, 10].tolist() == [1, 2, 3]
 
 
 def test_parallel_and_serial_builds_store_the_same_pixels(images, tmp_path):
-    a = fastdata.build(images, PRE, _cfg(tmp_path / "a"), workers=1)
-    b = fastdata.build(images, PRE, _cfg(tmp_path / "b"), workers=3)
+    a = pixelcache.build(images, PRE, _cfg(tmp_path / "a"), workers=1)
+    b = pixelcache.build(images, PRE, _cfg(tmp_path / "b"), workers=3)
     assert np.array_equal(np.asarray(a.pixels), np.asarray(b.pixels))
 
 
 def test_crop_boxes_follow_random_resized_crop_rules():
     g = torch.Generator().manual_seed(0)
     for _ in range(500):
-        x1, y1, x2, y2 = fastdata.crop_box(g, 64, 0.25)
+        x1, y1, x2, y2 = crop_box(g, 64, 0.25)
         w, h = x2 - x1, y2 - y1
         assert 0 <= x1 < x2 <= 64 and 0 <= y1 < y2 <= 64
         if (w, h) != (64, 64):  # not the fallback
@@ -78,26 +79,26 @@ def test_crop_boxes_follow_random_resized_crop_rules():
 
 def test_train_draws_depend_only_on_seed_epoch_and_row(images, tmp_path):
     cfg = _cfg(tmp_path, hflip=True, vflip=True)
-    cache = fastdata.build(images, PRE, cfg, workers=1)
-    view = fastdata.CachedTrainView(cache, list(range(len(images))), cfg, seed=5, crop=32)
+    cache = pixelcache.build(images, PRE, cfg, workers=1)
+    view = CachedTrainView(cache, list(range(len(images))), cfg, seed=5, crop=32)
     a = view.__getitems__([(0, 1), (3, 1), (5, 1)])
     b = view.__getitems__([(5, 1), (0, 1)])
     assert torch.equal(a["boxes"][0], b["boxes"][1]) and torch.equal(a["boxes"][2], b["boxes"][0])
     c = view.__getitems__([(0, 2)])
     assert not torch.equal(a["boxes"][0], c["boxes"][0])
-    out = fastdata.DeviceTransform(PRE, torch.device("cpu"))(a)
+    out = device.DeviceTransform(PRE, torch.device("cpu"))(a)
     assert out["pixel_values"].shape == (3, 3, 32, 32) and out["label"].tolist() == [0, 3, 5]
     assert math.isfinite(out["pixel_values"].abs().max().item())
 
 
 def test_a_full_box_without_flip_is_the_resized_square(images, tmp_path):
-    cache = fastdata.build(images, PRE, _cfg(tmp_path), workers=1)
+    cache = pixelcache.build(images, PRE, _cfg(tmp_path), workers=1)
     batch = {
         "pixels": torch.from_numpy(np.array(cache.pixels[2:3])),
         "boxes": torch.tensor([[0.0, 0.0, 37.0, 37.0]]),
         "flips": torch.tensor([[True, False]]),
     }
-    out = fastdata.DeviceTransform(PRE, torch.device("cpu"))(batch)["pixel_values"][0]
+    out = device.DeviceTransform(PRE, torch.device("cpu"))(batch)["pixel_values"][0]
     square = torch.from_numpy(np.array(cache.pixels[2])).permute(2, 0, 1).float()
     expect = torch.nn.functional.interpolate(
         square[None], size=32, mode="bilinear", antialias=True
@@ -109,19 +110,18 @@ def test_a_full_box_without_flip_is_the_resized_square(images, tmp_path):
 
 
 def test_auto_chooses_pil_for_policies_and_cached_otherwise(tmp_path):
-    assert fastdata.choose(_cfg(tmp_path), 10, 37)[0] == "cached"
-    mode, why = fastdata.choose(_cfg(tmp_path, auto_augment="trivial"), 10, 37)
+    assert choose.choose(_cfg(tmp_path), 10, 37)[0] == "cached"
+    mode, why = choose.choose(_cfg(tmp_path, auto_augment="trivial"), 10, 37)
     assert mode == "pil" and "auto_augment" in why
     assert (
-        fastdata.choose(_cfg(tmp_path, auto_augment="trivial", augment=False), 10, 37)[0]
-        == "cached"
+        choose.choose(_cfg(tmp_path, auto_augment="trivial", augment=False), 10, 37)[0] == "cached"
     )
-    assert fastdata.choose(_cfg(tmp_path, pipeline="pil"), 10, 37)[0] == "pil"
-    assert fastdata.choose(_cfg(tmp_path, pipeline="decode"), 10, 37)[0] == "decode"
-    mode, why = fastdata.choose(_cfg(tmp_path), 10**9, 256)  # 197 TB: no disk has room
+    assert choose.choose(_cfg(tmp_path, pipeline="pil"), 10, 37)[0] == "pil"
+    assert choose.choose(_cfg(tmp_path, pipeline="decode"), 10, 37)[0] == "decode"
+    mode, why = choose.choose(_cfg(tmp_path), 10**9, 256)  # 197 TB: no disk has room
     assert mode == "decode" and "decoded on the device" in why
     with pytest.raises(ValueError, match="random_erasing"):
-        fastdata.choose(_cfg(tmp_path, pipeline="cached", random_erasing=0.2), 10, 37)
+        choose.choose(_cfg(tmp_path, pipeline="cached", random_erasing=0.2), 10, 37)
 
 
 def test_decode_pipeline_eval_view_matches_the_pil_path_closely(tmp_path):
@@ -136,10 +136,10 @@ def test_decode_pipeline_eval_view_matches_the_pil_path_closely(tmp_path):
     png = tmp_path / "p3.png"
     Image.open(paths[0]).save(png)
     paths.append(str(png))
-    files = fastdata.EncodedFiles(paths, PRE)
-    view = fastdata.EncodedEvalView(files, [0, 1, 2, 3])
-    batch = fastdata.collate_encoded([view[i] for i in range(4)])
-    got = fastdata.DeviceTransform(PRE, torch.device("cpu"))(batch)["pixel_values"]
+    files = decode.EncodedFiles(paths, PRE)
+    view = decode.EncodedEvalView(files, [0, 1, 2, 3])
+    batch = decode.collate_encoded([view[i] for i in range(4)])
+    got = device.DeviceTransform(PRE, torch.device("cpu"))(batch)["pixel_values"]
     want = torch.stack([eval_transform(PRE)(load_rgb(p)) for p in paths])
     assert got.shape == want.shape == (4, 3, 32, 32)
     # The same JPEG decoder; the resize is torch's antialiased bilinear instead of Pillow's.
@@ -149,13 +149,13 @@ def test_decode_pipeline_eval_view_matches_the_pil_path_closely(tmp_path):
 
 def test_decode_pipeline_train_batches_carry_the_cached_pipelines_draws(images, tmp_path):
     cfg = _cfg(tmp_path, hflip=True)
-    cache = fastdata.build(images, PRE, cfg, workers=1)
-    cached = fastdata.CachedTrainView(cache, [0] * 6, cfg, seed=3, crop=32)
-    files = fastdata.CachedTrainView(fastdata.EncodedFiles(images, PRE), [0] * 6, cfg, 3, 32)
+    cache = pixelcache.build(images, PRE, cfg, workers=1)
+    cached = CachedTrainView(cache, [0] * 6, cfg, seed=3, crop=32)
+    files = CachedTrainView(decode.EncodedFiles(images, PRE), [0] * 6, cfg, 3, 32)
     keys = [(1, 0), (4, 0)]
     a, b = cached.__getitems__(keys), files.__getitems__(keys)
     assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["flips"], b["flips"])
-    out = fastdata.DeviceTransform(PRE, torch.device("cpu"))(b)
+    out = device.DeviceTransform(PRE, torch.device("cpu"))(b)
     assert out["pixel_values"].shape == (2, 3, 32, 32)
 
 
@@ -175,12 +175,12 @@ def test_an_exif_rotated_jpeg_looks_the_same_to_training_validation_and_predict(
     assert not torch.allclose(want, eval_transform(pre)(Image.open(path).convert("RGB")))
     predict = _PathDataset([str(path)], pre)[0]["pixel_values"]
     pil_val = pil.to_hf_dataset([(str(path), 0)], ["a"], eval_transform(pre))[0]["pixel_values"]
-    cache = fastdata.build([str(path)], pre, _cfg(tmp_path), workers=1)
-    item = fastdata.CachedEvalView(cache, [0], 16)[0]
-    to_float = fastdata.DeviceTransform(pre, torch.device("cpu"))
+    cache = pixelcache.build([str(path)], pre, _cfg(tmp_path), workers=1)
+    item = CachedEvalView(cache, [0], 16)[0]
+    to_float = device.DeviceTransform(pre, torch.device("cpu"))
     cached_val = to_float({"pixels": item["pixels"][None]})["pixel_values"][0]
-    files = fastdata.EncodedFiles([str(path)], pre)
-    batch = fastdata.collate_encoded([fastdata.EncodedEvalView(files, [0])[0]])
+    files = decode.EncodedFiles([str(path)], pre)
+    batch = decode.collate_encoded([decode.EncodedEvalView(files, [0])[0]])
     decoded_val = to_float(batch)["pixel_values"][0]
     for got in (predict, pil_val, cached_val):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

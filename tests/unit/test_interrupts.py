@@ -14,7 +14,8 @@ import pytest
 from tests.conftest import make_folder
 from trainer.config import DataConfig
 from trainer.data import badfiles as scan_module
-from trainer.data.pipelines import fastdata
+from trainer.data.pipelines import pixelcache
+from trainer.data.transforms import Preprocessing
 from trainer.data.walk import list_images
 from trainer.train.preemption import StopFlag
 
@@ -85,9 +86,9 @@ def test_loader_workers_ignore_ctrl_c():
 def _build(tmp_path, workers=1):
     """A build of 6 images; with 1 worker they are decoded in 3 jobs of 2."""
     paths = list_images(make_folder(tmp_path / "img", ["a", "b"], 3))
-    pre = fastdata.Preprocessing(24, 28, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    pre = Preprocessing(24, 28, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     cfg = DataConfig(cache_dir=str(tmp_path / "cache"))
-    return lambda: fastdata.build(paths, pre, cfg, workers, say=lambda _: None)
+    return lambda: pixelcache.build(paths, pre, cfg, workers, say=lambda _: None)
 
 
 def test_an_interrupted_pixel_cache_build_leaves_no_temp_folder(tmp_path, monkeypatch):
@@ -100,8 +101,8 @@ def test_an_interrupted_pixel_cache_build_leaves_no_temp_folder(tmp_path, monkey
             raise KeyboardInterrupt
         return original(job)
 
-    original = fastdata._fill
-    monkeypatch.setattr(fastdata, "_fill", interrupted)
+    original = pixelcache._fill
+    monkeypatch.setattr(pixelcache, "_fill", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build()
     assert os.listdir(tmp_path / "cache") == []
@@ -127,10 +128,10 @@ def test_stale_builds_of_dead_processes_are_removed_live_ones_kept(tmp_path):
     for name in names.values():
         (tmp_path / name).mkdir()
         (tmp_path / name / "pixels.u8").write_bytes(b"\0")
-    old = now - fastdata.STALE_AFTER_S - 60
+    old = now - pixelcache.STALE_AFTER_S - 60
     for p in [tmp_path / names["other-host-old"], *(tmp_path / names["other-host-old"]).iterdir()]:
         os.utime(p, (old, old))
-    removed = fastdata.remove_stale_builds(tmp_path, now=now)
+    removed = pixelcache.remove_stale_builds(tmp_path, now=now)
     assert sorted(p.name for p in removed) == sorted([names["dead-here"], names["other-host-old"]])
     assert sorted(os.listdir(tmp_path)) == sorted(
         names[k]

@@ -8,7 +8,6 @@ import os
 import torch
 from torch.utils.data import DataLoader
 
-from trainer.data.pipelines import fastdata
 from trainer.data.sampling import EpochBatchSampler, SeededView
 from trainer.data.workers import ignore_in_workers, kill_workers_at_exit
 
@@ -45,11 +44,11 @@ def make_train_loader(
     pin: bool = True,
 ) -> DataLoader:
     """The training loader: batches from `sampler`, augmentation seeded per (epoch, row)
-    (`seeded=False`: `ds` draws its own, e.g. the pixel cache's batched view)."""
+    (`seeded=False`: `ds` draws its own and makes whole batches, e.g. the cached pipeline's)."""
     return DataLoader(
         SeededView(ds, seed) if seeded else ds,
         batch_sampler=sampler,
-        collate_fn=None if seeded else fastdata.as_batch,
+        collate_fn=None if seeded else _as_batch,
         num_workers=workers,
         pin_memory=pin and torch.cuda.is_available(),  # not for batches already on the device
         persistent_workers=workers > 0,
@@ -57,6 +56,11 @@ def make_train_loader(
         # Workers' base seed comes from here, not from the global RNG that a resume restores.
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _as_batch(batch: dict) -> dict:
+    """collate_fn of a dataset whose __getitems__ already makes the whole batch."""
+    return batch
 
 
 def _worker_init(workers: int):

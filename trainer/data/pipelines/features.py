@@ -1,13 +1,16 @@
-"""Cached features for frozen-backbone phases: run the backbone once, train the head many times.
+"""The feature cache: a frozen-backbone phase runs the backbone once and trains the head many times.
 
 With the backbone frozen (and its BatchNorm in eval mode), the head's inputs change between
 epochs only through augmentation. When nothing random happens before the head, the features of
-every image are computed once, in eval mode, and the phase trains the head on them: the same
-batches in the same order (trainer.sampling), a forward through the backbone saved per image
-per epoch.
+every train and val image are computed once, in eval mode, and the phase trains the head on
+them: the same batches in the same order (trainer.data.sampling), a forward through the backbone
+saved per image per epoch. It wraps whichever pipeline the run uses; the features themselves
+always come from the PIL eval view, the reference the other pipelines' eval views match.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 from torch import nn
@@ -15,8 +18,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainer import runtime
 from trainer.config import PhaseConfig, RunConfig
-from trainer.data.loaders import nhwc
+from trainer.data.loaders import make_loader, nhwc
+from trainer.data.pipelines import pil
+from trainer.data.pipelines.base import Pipeline
 from trainer.data.sampling import EpochBatchSampler
+from trainer.data.transforms import eval_transform
 
 STOCHASTIC = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
@@ -109,3 +115,49 @@ class Channels(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(nhwc(x, self.channels_last))
+
+
+class FeaturePipeline:
+    """A pipeline whose train and val batches are the backbone's features of `inner`'s images;
+    everything else (name, test split, samples) is `inner`'s."""
+
+    def __init__(self, inner: Pipeline, features: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        self.inner, self.features = inner, features
+        self.name, self.inputs = inner.name, inner.inputs
+
+    def train_loader(self, sampler: EpochBatchSampler) -> FeatureLoader:
+        return FeatureLoader(*self.features["train"], sampler)
+
+    def eval_loader(self, split: str) -> DataLoader:
+        """Features of the train and val splits only (the head trains and is selected on them)."""
+        return DataLoader(FeatureSet(*self.features[split]), self.inputs.eval_batch)
+
+    def on_device(self, batch: dict) -> dict:
+        return batch  # features are the head's input as they are
+
+    def samples(self):
+        return self.inner.samples()
+
+
+def compute(
+    inner: Pipeline, backbone: nn.Module, channels_last: bool, accelerator
+) -> FeaturePipeline:
+    """Backbone features of the train and val images, computed once (eval view; every process
+    computes its shard and receives all), wrapped around `inner`."""
+    i = inner.inputs
+    start = time.perf_counter()
+    features = {}
+    for split in ("train", "val"):
+        if split not in i.splits:
+            continue
+        view = pil.to_hf_dataset(i.splits[split], i.class_names, eval_transform(i.pre))
+        loader = accelerator.prepare(make_loader(view, i.eval_batch, workers=i.workers))
+        features[split] = extract(
+            Channels(backbone, channels_last), loader, accelerator, len(view), f"features {split}"
+        )
+    n = sum(len(labels) for _, labels in features.values())
+    accelerator.print(
+        f"features of {n} images computed once in {time.perf_counter() - start:.1f}s; "
+        f"the head trains on them (train.feature_cache)"
+    )
+    return FeaturePipeline(inner, features)

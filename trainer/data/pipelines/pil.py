@@ -1,14 +1,19 @@
 """The PIL pipeline: each image decoded and transformed by torchvision in loader workers, as a
-`datasets.Dataset` with an on-the-fly transform."""
+`datasets.Dataset` with an on-the-fly transform. The reference the other pipelines match, and the
+one for augmentations that run on PIL images (data.auto_augment, data.random_erasing)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 import datasets
+from torch.utils.data import DataLoader
 
-from trainer.data.imagefolder import DataError
-from trainer.data.transforms import load_rgb
+from trainer.data.layout import DataError
+from trainer.data.loaders import make_loader, make_train_loader
+from trainer.data.pipelines.base import Inputs
+from trainer.data.sampling import EpochBatchSampler
+from trainer.data.transforms import eval_transform, load_rgb, train_transform
 
 
 class _ApplyTransform:
@@ -49,3 +54,38 @@ def to_hf_dataset(
     }
     ds = datasets.Dataset.from_dict(columns, features=features)
     return ds.with_transform(_ApplyTransform(transform))
+
+
+class PilPipeline:
+    """data.pipeline=pil: normalized (and augmented) images straight from the loader."""
+
+    name = "pil"
+
+    def __init__(self, inputs: Inputs):
+        self.inputs = inputs
+        pre, cfg = inputs.pre, inputs.cfg
+        self.datasets = {
+            split: to_hf_dataset(
+                items,
+                inputs.class_names,
+                train_transform(pre, cfg)
+                if split == "train" and cfg.augment
+                else eval_transform(pre),
+            )
+            for split, items in inputs.splits.items()
+        }
+
+    def train_loader(self, sampler: EpochBatchSampler) -> DataLoader:
+        i = self.inputs
+        return make_train_loader(self.datasets["train"], sampler, workers=i.workers, seed=i.seed)
+
+    def eval_loader(self, split: str) -> DataLoader:
+        return make_loader(
+            self.datasets[split], self.inputs.eval_batch, workers=self.inputs.workers
+        )
+
+    def on_device(self, batch: dict) -> dict:
+        return batch  # already normalized by the workers
+
+    def samples(self) -> datasets.Dataset:
+        return self.datasets["train"]

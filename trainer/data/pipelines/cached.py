@@ -1,0 +1,148 @@
+"""The cached pipeline: every split decoded once into the pixel cache, crops and flips drawn per
+image on the CPU and applied to whole batches on the device.
+
+Training crops (RandomResizedCrop's rule, inside the cached S x S square) and flips are drawn per
+image from (seed, epoch, row), like the PIL path's augmentation, so resumed runs stay exact; the
+device applies them with roi_align (`trainer.data.pipelines.device`). When the cache fits in
+device memory (data.cache_on_device) a copy is kept there for the whole run and batches are
+gathered from it, with no loader workers and no host copy per batch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from trainer.config import DataConfig
+from trainer.data.loaders import make_loader, make_train_loader
+from trainer.data.pipelines.base import Inputs
+from trainer.data.pipelines.device import DeviceTransform, Samples
+from trainer.data.pipelines.pixelcache import PixelCache, build, keep_on_device
+from trainer.data.sampling import EpochBatchSampler, sample_seed
+
+
+def crop_box(g: torch.Generator, size: int, min_scale: float) -> tuple[float, float, float, float]:
+    """RandomResizedCrop's box (x1, y1, x2, y2) inside a size x size square (torchvision's rule:
+    area fraction in [min_scale, 1], aspect ratio in [3/4, 4/3], 10 tries, then the whole)."""
+    area = size * size
+    log_lo, log_hi = math.log(3 / 4), math.log(4 / 3)
+    for _ in range(10):
+        target = area * torch.empty(1).uniform_(min_scale, 1.0, generator=g).item()
+        ratio = math.exp(torch.empty(1).uniform_(log_lo, log_hi, generator=g).item())
+        w = int(round(math.sqrt(target * ratio)))
+        h = int(round(math.sqrt(target / ratio)))
+        if 0 < w <= size and 0 < h <= size:
+            top = int(torch.randint(0, size - h + 1, (1,), generator=g))
+            left = int(torch.randint(0, size - w + 1, (1,), generator=g))
+            return (left, top, left + w, top + h)
+    return (0, 0, size, size)
+
+
+class CachedTrainView(Dataset):
+    """Training batches: a source's images (uint8 squares from a PixelCache, or encoded files
+    from `decode.EncodedFiles`) plus each image's crop box and flips, drawn from (seed, epoch,
+    row). Keys are (row, epoch), as from EpochBatchSampler."""
+
+    def __init__(self, source, labels: Sequence[int], cfg: DataConfig, seed: int, crop: int):
+        self.source, self.labels, self.cfg, self.seed = source, list(labels), cfg, seed
+        self.crop = crop  # the eval view's side, for data.augment=false
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _draw(self, row: int, epoch: int) -> tuple[tuple[float, ...], bool, bool]:
+        g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, row))
+        box = crop_box(g, self.source.size, self.cfg.min_crop_scale)
+        hflip = self.cfg.hflip and bool(torch.rand(1, generator=g) < 0.5)
+        vflip = self.cfg.vflip and bool(torch.rand(1, generator=g) < 0.5)
+        return box, hflip, vflip
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> dict:
+        rows = [row for row, _ in keys]
+        # data.augment=false: the eval view, nothing drawn
+        batch = self.source.gather(rows, None if self.cfg.augment else self.crop)
+        batch["label"] = torch.tensor([self.labels[r] for r in rows])
+        batch["index"] = torch.tensor(rows)
+        if self.cfg.augment:
+            draws = [self._draw(row, epoch) for row, epoch in keys]
+            batch["boxes"] = torch.tensor([d[0] for d in draws], dtype=torch.float32)
+            batch["flips"] = torch.tensor([[d[1], d[2]] for d in draws], dtype=torch.bool)
+        return batch
+
+
+class CachedEvalView(Dataset):
+    """The eval view from the cache: the center crop of image_size, as uint8 HWC."""
+
+    def __init__(self, cache: PixelCache, labels: Sequence[int], crop: int):
+        self.cache, self.labels, self.crop = cache, list(labels), crop
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, row: int) -> dict:
+        return {
+            "pixels": self.cache.center(row, self.crop),
+            "label": self.labels[row],
+            "index": row,
+        }
+
+
+class CachedPipeline:
+    """data.pipeline=cached: batches of cached squares, augmented on the device."""
+
+    name = "cached"
+
+    def __init__(self, inputs: Inputs, caches: dict[str, PixelCache], device: torch.device, say):
+        self.inputs, self.caches, self.device, self.say = inputs, caches, device, say
+        self.transform = DeviceTransform(inputs.pre, device)
+        self.resident: PixelCache | None = None  # the train cache in device memory, if kept there
+
+    @classmethod
+    def build(cls, inputs: Inputs, accelerator) -> CachedPipeline:
+        """Every split's cache: the main process decodes, the others then find it complete."""
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        say = accelerator.print if accelerator.is_main_process else (lambda *_: None)
+        caches = {}
+        with accelerator.main_process_first():
+            for split in inputs.splits:
+                caches[split] = build(inputs.paths(split), inputs.pre, inputs.cfg, cpus or 1, say)
+        return cls(inputs, caches, accelerator.device, accelerator.print)
+
+    def _train_cache(self) -> PixelCache:
+        """The train cache in device memory when it is to be kept there: copied at the first
+        phase, kept across phases."""
+        cache = self.caches["train"]
+        if self.resident is None and keep_on_device(self.inputs.cfg, cache, self.device):
+            self.resident = cache.to_device(self.device)
+            self.say(f"pixel cache: {cache.pixels.nbytes / 1e6:.0f} MB held on the device")
+        return self.resident if self.resident is not None else cache
+
+    def train_loader(self, sampler: EpochBatchSampler) -> DataLoader:
+        i = self.inputs
+        cache = self._train_cache()
+        resident = cache.resident is not None
+        # Batches gathered in device memory need no workers (and cannot be pinned).
+        workers = 0 if resident else min(i.workers, 4)
+        view = CachedTrainView(cache, i.labels("train"), i.cfg, i.seed, i.pre.image_size)
+        return make_train_loader(
+            view, sampler, workers=workers, seed=i.seed, seeded=False, pin=not resident
+        )
+
+    def eval_loader(self, split: str) -> DataLoader:
+        i = self.inputs
+        view = CachedEvalView(self.caches[split], i.labels(split), i.pre.image_size)
+        return make_loader(view, i.eval_batch, workers=min(i.workers, 4))
+
+    def on_device(self, batch: dict) -> dict:
+        return self.transform(batch)
+
+    def samples(self) -> Samples:
+        i = self.inputs
+        view = CachedTrainView(
+            self.caches["train"], i.labels("train"), i.cfg, i.seed, i.pre.image_size
+        )
+        return Samples(view, self.transform)

@@ -1,0 +1,59 @@
+"""Which input pipeline feeds a run (data.pipeline), and building it.
+
+auto takes the cached pipeline unless an augmentation needs PIL images (then pil) or the cache
+would not fit on its disk (then decode); a pipeline asked for by name is refused, with the
+reason, when it cannot do what the config asks.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from trainer.config import ConfigError, DataConfig
+from trainer.data.pipelines.base import Inputs, Pipeline
+from trainer.data.pipelines.cached import CachedPipeline
+from trainer.data.pipelines.decode import DecodePipeline
+from trainer.data.pipelines.pil import PilPipeline
+from trainer.data.pipelines.pixelcache import cache_root
+
+
+def choose(cfg: DataConfig, n_images: int, size: int) -> tuple[str, str]:
+    """pil, cached or decode, and a sentence saying why (for the log); ConfigError when the
+    pipeline asked for cannot do what the config asks."""
+    if cfg.pipeline == "pil":
+        return "pil", "data.pipeline=pil"
+    needs_pil = []
+    if cfg.augment and cfg.auto_augment != "none":
+        needs_pil.append(f"data.auto_augment={cfg.auto_augment}")
+    if cfg.augment and cfg.random_erasing:
+        needs_pil.append("data.random_erasing")
+    if needs_pil:
+        why = f"{', '.join(needs_pil)} runs on PIL images"
+        if cfg.pipeline == "cached":
+            raise ConfigError(f"data.pipeline=cached: {why}; use data.pipeline=pil or auto")
+        return "pil", f"PIL pipeline: {why}"
+    if cfg.pipeline == "decode":
+        return "decode", "decode pipeline: JPEG batches decoded on the device, augmented in batches"
+    root = cache_root(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    need = n_images * size * size * 3
+    free = shutil.disk_usage(root).free
+    if need > 0.9 * free:
+        why = f"the cache needs {need / 1e9:.1f} GB, {root} has {free / 1e9:.1f} GB free"
+        if cfg.pipeline == "cached":
+            raise ConfigError(f"data.pipeline=cached: {why}; set data.cache_dir")
+        return "decode", f"decode pipeline: {why}; JPEGs are decoded on the device every epoch"
+    return "cached", f"cached pipeline: images decoded once at {size}px, augmented in batches"
+
+
+def build(inputs: Inputs, accelerator) -> Pipeline:
+    """The pipeline data.pipeline chooses, ready to give loaders (the cached one has decoded
+    every split by now, on the main process first)."""
+    n = sum(len(items) for items in inputs.splits.values())
+    name, why = choose(inputs.cfg, n, inputs.pre.resize_size)
+    accelerator.print(f"input: {why}")
+    if name == "pil":
+        return PilPipeline(inputs)
+    if name == "decode":
+        return DecodePipeline(inputs, accelerator.device)
+    return CachedPipeline.build(inputs, accelerator)
