@@ -14,7 +14,7 @@ import sys
 
 from trainer.cli import main
 from trainer.data import sampling
-from trainer.train import checkpoint, loop
+from trainer.train import checkpoint, setup
 
 if os.environ.get("SAMPLE_LOG"):
     original_getitems = sampling.SeededView.__getitems__
@@ -42,7 +42,7 @@ if os.environ.get("CRASH_SAVING_STEP"):
     checkpoint.save_file = save_then_die
 
 if os.environ.get("FORGET_POSITION"):
-    original_prepare = loop.prepare_run_dir
+    original_prepare = setup.prepare_run_dir
 
     def forgetful(cfg, accelerator):
         run_dir, resumed = original_prepare(cfg, accelerator)
@@ -50,7 +50,7 @@ if os.environ.get("FORGET_POSITION"):
             resumed.position.batch = 0
         return run_dir, resumed
 
-    loop.prepare_run_dir = forgetful
+    setup.prepare_run_dir = forgetful
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, accelerate_launch, assert_ok, make_folder, train_smoke
-from trainer.train import rundir
+from trainer.train import lock, rundir
 
 FAST = ("train.epochs=1", "checkpoint.keep_last=1")
 
@@ -109,7 +109,7 @@ def write_lock(run: Path, pid: int, host: str | None = None) -> dict:
     holder = {
         "host": host or socket.gethostname(),
         "pid": pid,
-        "pid_start": rundir._process_start(pid),
+        "pid_start": lock._process_start(pid),
         "since": "2026-01-02T03:04:05+0000",
         "token": "test",
     }

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from trainer.config import ConfigError, load_config
-from trainer.train import rundir
+from trainer.train import lock, rundir
 from trainer.train.resume import _choose, _describe_changes
 
 
@@ -173,11 +173,11 @@ def lock_of(pid: int, host: str | None = None, **extra) -> dict:
 
 
 def test_the_lock_names_its_holder_and_refuses_a_second_run(tmp_path):
-    mine = rundir.take_lock(tmp_path, say=print)
+    mine = lock.take_lock(tmp_path, say=print)
     assert mine["pid"] == os.getpid() and mine["host"] == socket.gethostname()
     with pytest.raises(ConfigError, match=f"in use by the run of pid {os.getpid()} on host"):
-        rundir.take_lock(tmp_path, say=print)
-    rundir.release_lock(tmp_path, mine)
+        lock.take_lock(tmp_path, say=print)
+    lock.release_lock(tmp_path, mine)
     assert not (tmp_path / rundir.LOCK).exists()
 
 
@@ -186,7 +186,7 @@ def test_a_lock_of_a_dead_process_on_this_host_is_taken_over_with_a_note(tmp_pat
     dead.wait()
     (tmp_path / rundir.LOCK).write_text(json.dumps(lock_of(dead.pid)))
     notes: list[str] = []
-    mine = rundir.take_lock(tmp_path, say=notes.append)
+    mine = lock.take_lock(tmp_path, say=notes.append)
     assert f"pid {dead.pid}" in notes[0] and "has ended" in notes[0]
     assert json.loads((tmp_path / rundir.LOCK).read_text())["token"] == mine["token"]
 
@@ -194,7 +194,7 @@ def test_a_lock_of_a_dead_process_on_this_host_is_taken_over_with_a_note(tmp_pat
 def test_a_lock_from_another_host_is_refused_with_how_to_clear_it(tmp_path):
     (tmp_path / rundir.LOCK).write_text(json.dumps(lock_of(1, host="node-17")))
     with pytest.raises(ConfigError, match="on host node-17 since T0.*delete .*trainer.lock"):
-        rundir.take_lock(tmp_path, say=print)
+        lock.take_lock(tmp_path, say=print)
 
 
 def test_a_requeued_slurm_job_takes_over_the_lock_of_its_earlier_start(tmp_path, monkeypatch):
@@ -204,13 +204,13 @@ def test_a_requeued_slurm_job_takes_over_the_lock_of_its_earlier_start(tmp_path,
     monkeypatch.setenv("SLURM_JOB_ID", "42")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     notes: list[str] = []
-    rundir.take_lock(tmp_path, say=notes.append)
+    lock.take_lock(tmp_path, say=notes.append)
     assert "Slurm job 42" in notes[0]
 
 
 def test_releasing_leaves_another_runs_lock_alone(tmp_path):
     (tmp_path / rundir.LOCK).write_text(json.dumps(lock_of(1, token="theirs")))
-    rundir.release_lock(tmp_path, {"token": "mine"})
+    lock.release_lock(tmp_path, {"token": "mine"})
     assert (tmp_path / rundir.LOCK).exists()
 
 
@@ -352,16 +352,16 @@ def test_a_lock_that_does_not_say_since_when_is_described_without_none(tmp_path)
     dead.wait()
     (tmp_path / rundir.LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))
     notes: list[str] = []
-    rundir.take_lock(tmp_path, say=notes.append)
+    lock.take_lock(tmp_path, say=notes.append)
     assert f"the run of pid {dead.pid} on host {socket.gethostname()} left it" in notes[0]
     assert "None" not in notes[0]
     (tmp_path / rundir.LOCK).write_text("{}")  # names no host: maybe another machine's, kept
     with pytest.raises(ConfigError, match="in use by a run that its lock file does not name"):
-        rundir.take_lock(tmp_path, say=print)
+        lock.take_lock(tmp_path, say=print)
 
 
 def test_the_last_line_of_a_run_without_a_val_split_says_so():
-    from trainer.train.loop import done_line
+    from trainer.train.run import done_line
 
     without_val = {"best_val_accuracy": None, "best_epoch": None}
     line = done_line(without_val, {"accuracy": 0.5, "samples": 4}, 1.5)

@@ -11,9 +11,9 @@ from trainer.data.splits import scan
 from trainer.data.transforms import IMAGENET, train_transform
 from trainer.model.classifier import build_model, freeze_batchnorm, set_frozen
 from trainer.train.ema import ModelEMA
-from trainer.train.loop import Progress
 from trainer.train.losses import Criterion, balanced_class_weights, batch_mixer
 from trainer.train.optim import build_optimizer, no_decay_names
+from trainer.train.state import Progress
 
 
 def _resnet18(classes=3):

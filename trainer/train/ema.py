@@ -1,11 +1,18 @@
-"""Exponential moving average of model weights, evaluated beside the trained weights."""
+"""Exponential moving average of model weights, evaluated beside the trained weights.
+
+`make_ema` gives a ModelEMA when train.ema_decay is set, else a NoEMA that does nothing, so the
+loop updates, validates and checkpoints "the EMA" without asking whether there is one.
+"""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from trainer.config import TrainConfig
 
 
 class ModelEMA:
@@ -44,3 +51,41 @@ class ModelEMA:
         if accelerator.num_processes > 1:
             for tensor in self.module.state_dict().values():
                 torch.distributed.broadcast(tensor, src=0)
+
+    def validate(self, accelerator, evaluate: Callable[[nn.Module], dict]) -> dict:
+        """`evaluate` of the EMA weights, rank 0's on every rank (the copy selection would save)."""
+        self.sync(accelerator)
+        return evaluate(self.module)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+
+class NoEMA:
+    """train.ema_decay unset: nothing averaged, evaluated or saved."""
+
+    updates = None  # trainer_state.json's "ema_updates"
+    module = None
+
+    def update(self, model: nn.Module) -> None:
+        pass
+
+    def validate(self, accelerator, evaluate: Callable[[nn.Module], dict]) -> dict:
+        return {}
+
+    def state_dict(self) -> None:
+        return None
+
+
+def make_ema(
+    cfg: TrainConfig, model: nn.Module, device: torch.device, saved: tuple[dict, int] | None
+) -> ModelEMA | NoEMA:
+    """The EMA of `model` (on `device`), continued from a checkpoint's (weights, updates)."""
+    if not cfg.ema_decay:
+        return NoEMA()
+    ema = ModelEMA(model, cfg.ema_decay)
+    ema.module.to(device)
+    if saved is not None:
+        ema.module.load_state_dict(saved[0])
+        ema.updates = saved[1]
+    return ema

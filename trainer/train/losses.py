@@ -29,6 +29,11 @@ def batch_mixer(cfg: TrainConfig, num_classes: int) -> Callable | None:
     return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
+def no_mixing(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mixer when MixUp and CutMix are off: images and (hard) targets as they are."""
+    return images, labels
+
+
 class Criterion:
     """Mean cross-entropy over a batch; targets are class indices (B,) or probabilities (B, C)."""
 
@@ -45,3 +50,11 @@ class Criterion:
         return F.cross_entropy(
             logits.float(), targets, weight=self.weight, label_smoothing=self.label_smoothing
         )
+
+
+def make_criterion(
+    cfg: TrainConfig, class_counts: Sequence[int], device: torch.device
+) -> Criterion:
+    """The run's loss on `device`; train.class_weights=balanced weighs classes by their counts."""
+    weights = balanced_class_weights(class_counts) if cfg.class_weights == "balanced" else None
+    return Criterion(cfg, weights).to(device)

@@ -49,12 +49,15 @@ class Preempted(Exception):
 class StopFlag:
     """Set by SIGUSR1/SIGTERM/SIGINT; `agreed()` is the collective check at step boundaries."""
 
-    def __init__(self) -> None:
+    def __init__(self, armed: bool = True) -> None:
+        self.armed = armed  # False: signals keep their usual effect, and nothing is ever agreed
         self.signal_name: str | None = None
         self.saving = False  # a checkpoint is being written: a second Ctrl-C must wait
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
+        if not self.armed:
+            return
         for sig in RUN_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
 
@@ -96,7 +99,9 @@ class StopFlag:
     def agreed(self, accelerator) -> bool:
         """True on every process if any process was signalled (and the same signal_name
         everywhere). Collective when distributed: a one-element all-reduce and a CPU-GPU sync
-        point, once per optimizer update."""
+        point, once per optimizer update; none when not armed."""
+        if not self.armed:
+            return False
         if accelerator.num_processes == 1:
             self.saving = self.saving or self.signal_name is not None
             return self.signal_name is not None

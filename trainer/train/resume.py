@@ -7,7 +7,7 @@ one that holds what it trained (model/, a report, epochs) but no checkpoint to c
 settings that shape the weights must match the run being continued; those that do not (workers,
 logging, tracking, retention) may change. The data must not: the files of every split are
 compared with the run's splits.csv. All of it runs after the inputs were checked and the folder
-was locked (trainer.rundir), and nothing is written before the decision is made.
+was locked (trainer.train.rundir), and nothing is written before the decision is made.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import yaml
 
 from trainer import runtime
 from trainer.config import ConfigError, RunConfig, dump_yaml, flat_dict, to_dict
-from trainer.data import imagefolder
+from trainer.data import splits
 from trainer.errors import writing
 from trainer.train import checkpoint, rundir
-from trainer.train.rundir import RUN_FILES  # noqa: F401 - the names a run writes, kept importable here
+from trainer.train.state import Position
 from trainer.train.tracking import METRICS_FILE, read_events
 
 # Keys that may differ between the interrupted run and its continuation.
@@ -45,15 +45,6 @@ FREE_KEYS = (
     "train.collective_timeout_s",
     "train.eval_batch_size",
 )
-
-
-@dataclass
-class Position:
-    """Where training goes on: the phase, the epoch within it, the batch within that epoch."""
-
-    phase_index: int = 0
-    phase_epoch: int = 0
-    batch: int = 0
 
 
 @dataclass
@@ -244,7 +235,7 @@ def check_same_data(saved_csv: Path, index) -> None:
     if not saved_csv.is_file():
         return  # a run that stopped before writing it has no batches to continue either
     with tempfile.TemporaryDirectory() as tmp:  # written as the run writes it: same paths
-        imagefolder.write_splits_csv(index, Path(tmp) / "splits.csv")
+        splits.write_splits_csv(index, Path(tmp) / "splits.csv")
         now = _split_rows(Path(tmp) / "splits.csv")
     try:
         saved = _split_rows(saved_csv)
