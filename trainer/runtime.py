@@ -18,19 +18,6 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 
-def seed_worker(worker_id: int, rank: int = 0) -> None:
-    """DataLoader worker_init_fn: torch seeds each worker (base seed + id); the base seed is equal
-    on every rank, so mix the rank in, and seed numpy and random too."""
-    import random
-
-    import numpy as np
-
-    seed = (torch.initial_seed() + 1_000_003 * rank) % 2**32
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
-
-
 def has_accelerator_device() -> bool:
     """CUDA (or another torch accelerator: MPS, XPU) is usable in this process."""
     acc = getattr(torch, "accelerator", None)  # torch >= 2.6

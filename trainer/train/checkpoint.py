@@ -159,7 +159,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 @dataclass
 class Payload:
-    """What one process contributes to a checkpoint; `main` parts are written by rank 0 only."""
+    """What one process contributes to a checkpoint: the main process writes the weights, the
+    EMA, the optimizer and trainer_state; every process writes its own rank_state."""
 
     trainer_state: dict[str, Any]
     model: dict[str, torch.Tensor]

@@ -132,25 +132,6 @@ def build_scheduler(
     return LambdaLR(optimizer, lambda step: lr_factor(step, cfg, steps_per_epoch, total))
 
 
-class SchedulerSlot:
-    """The current phase's scheduler, registered once for checkpointing.
-
-    accelerate's register_for_checkpointing keeps every object it is given (free_memory() does
-    not forget them): registering each phase's scheduler would keep old optimizers alive and
-    save stale schedulers. This one object always points at the phase in progress.
-    """
-
-    def __init__(self) -> None:
-        self.scheduler: LambdaLR | None = None
-
-    def state_dict(self) -> dict:
-        return self.scheduler.state_dict() if self.scheduler is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.scheduler is not None and state:
-            self.scheduler.load_state_dict(state)
-
-
 def restore_scheduler(scheduler: LambdaLR, state: dict) -> None:
     """Load a schedule saved without its lambdas (JSON), and put its current rate back into the
     optimizer: building a LambdaLR sets the rate of step 0, which loading alone does not undo."""
