@@ -61,7 +61,7 @@ def add_layout_arg(p: argparse.ArgumentParser) -> None:
 @contextlib.contextmanager
 def layout_as_flag() -> Iterator[None]:
     """scan and eval take the layout as --layout: say so in a layout error, not data.layout=."""
-    from trainer.data.imagefolder import DataError
+    from trainer.data.layout import DataError
 
     try:
         yield

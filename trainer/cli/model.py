@@ -107,7 +107,7 @@ def add_predict(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from trainer.data.imagefolder import DataError
+    from trainer.data.layout import DataError
     from trainer.evaluation.outputs import check_outputs
     from trainer.evaluation.predict import predict_paths, write_predictions
 

@@ -14,7 +14,7 @@ from trainer.cli.args import add_layout_arg, count, layout_as_flag
 
 if TYPE_CHECKING:
     from trainer.config import DataConfig
-    from trainer.data.imagefolder import DataIndex
+    from trainer.data.splits import DataIndex
 
 
 def add_scan(commands: argparse._SubParsersAction) -> None:
@@ -49,7 +49,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     import json
 
     from trainer.config import DataConfig
-    from trainer.data.imagefolder import DataError, scan
+    from trainer.data.layout import DataError
+    from trainer.data.splits import scan
 
     if not Path(args.data_dir).expanduser().is_dir():
         raise DataError(f"{args.data_dir!r} is not a folder")

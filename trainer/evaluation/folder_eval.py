@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from trainer import runtime
-from trainer.data import imagefolder, loaders
+from trainer.data import loaders, splits
 from trainer.data.badfiles import cache_file, check_files
+from trainer.data.layout import DataError, find_image_root, split_folders
 from trainer.data.pipelines import pil
 from trainer.data.transforms import eval_transform
 from trainer.evaluation import report
@@ -38,7 +39,7 @@ def evaluate_folder(
         model = accelerator.prepare(model)
         names = meta["class_names"]
         items, bad = readable_items(
-            imagefolder.labelled_items(data_dir, names, split, layout=layout), data_dir
+            splits.labelled_items(data_dir, names, split, layout=layout), data_dir
         )
         ds = pil.to_hf_dataset(items, names, eval_transform(pre))
         n_workers = loaders.auto_num_workers(workers, runtime.local_world_size(accelerator))
@@ -76,7 +77,7 @@ def readable_items(
     good = [(p, label) for p, label in items if p not in bad]
     if not good:
         listed = "; ".join(f"{p} ({r})" for p, r in list(bad.items())[:3])
-        raise imagefolder.DataError(
+        raise DataError(
             f"none of the {len(items)} images under {data_dir} can be read: {listed}"
             + (" ..." if len(bad) > 3 else "")
             + "; `trainer scan` lists every bad file"
@@ -88,8 +89,8 @@ def not_pre_split_note(model_dir: str | Path, data_dir: str | Path, layout: str)
     """What eval says when it scores a whole class folder: its numbers include any image the
     model trained on, unlike a pre-split folder's test split."""
     notes: list[str] = []
-    root = imagefolder.find_image_root(Path(data_dir).expanduser(), layout, notes)
-    if imagefolder.split_folders(root, layout, notes, need_train=False):
+    root = find_image_root(Path(data_dir).expanduser(), layout, notes)
+    if split_folders(root, layout, notes, need_train=False):
         return None
     note = (
         f"{data_dir} is not pre-split: every image is scored, including any the model was "

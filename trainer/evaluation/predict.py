@@ -20,7 +20,7 @@ from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Dataset
 
 from trainer import runtime
-from trainer.data import imagefolder, loaders
+from trainer.data import loaders, walk
 from trainer.data.badfiles import check_file
 from trainer.data.transforms import Preprocessing, eval_transform, load_rgb
 from trainer.files import write_text_atomic
@@ -53,7 +53,7 @@ def expand_paths(paths: list[str]) -> list[str]:
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            out.extend(imagefolder.list_images(path))
+            out.extend(walk.list_images(path))
         elif path.is_file():
             out.append(str(path))
         else:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.data import imagefolder
+from trainer.data import walk
 from trainer.data.transforms import Preprocessing, eval_transform, load_rgb
 from trainer.errors import writing
 from trainer.files import check_replaceable, current_umask, write_text_atomic
@@ -42,7 +42,7 @@ def parity_inputs(
     """Real images preprocessed as predict does, or random ones when none are given."""
     files = []
     for p in image_paths:
-        found = imagefolder.list_images(Path(p)) if Path(p).is_dir() else [p]
+        found = walk.list_images(Path(p)) if Path(p).is_dir() else [p]
         if not found:
             raise ExportError(f"--images {p}: no images in this folder")
         files.extend(found)
