@@ -1,7 +1,7 @@
 """The four cases `trainer bench` times side by side, each returning images/s:
 
   (a) synthetic: random tensors already on the device; the ceiling of the model itself.
-  (b) the runner: `trainer.train.loop.run(cfg)` on the JPEG folder, images/s from its
+  (b) the runner: `trainer.train.run.run(cfg)` on the JPEG folder, images/s from its
       metrics.jsonl (through whatever input pipeline data.pipeline picks).
   (c) plain torchvision: ImageFolder + PIL RandomResizedCrop/flip/ToTensor/Normalize +
       DataLoader with the runner's worker count, a hand-written loop.
@@ -248,11 +248,11 @@ def _epoch_events(run_dir: Path) -> list[dict]:
 
 def case_runner(s: Setup, epochs: int, workdir: Path) -> Case:
     """(b) The real runner end to end; images/s of its epochs, the first left out as warm-up."""
-    from trainer.train import loop
+    from trainer.train.run import run
 
     run_dir = workdir / "run"
     with PeakMemory(s.device) as peak:
-        summary = loop.run(runner_config(s, run_dir, epochs))
+        summary = run(runner_config(s, run_dir, epochs))
     events = _epoch_events(run_dir)
     if not events:
         raise RuntimeError(f"the run wrote no epoch events to {run_dir / 'metrics.jsonl'}")

@@ -22,7 +22,7 @@ def bench(opts: BenchOptions) -> dict[str, Any]:
     if opts.make_data:
         return make_data_only(opts)
     if opts.data and not Path(opts.data).expanduser().is_dir():
-        from trainer.data.imagefolder import DataError
+        from trainer.data.layout import DataError
 
         raise DataError(f"--data: {opts.data!r} is not a folder")
     if opts.json:  # minutes of benchmarking must not end by overwriting a user's file

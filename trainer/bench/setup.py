@@ -11,11 +11,14 @@ import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainer.bench.images import data_root
 from trainer.bench.options import BenchOptions
 from trainer.config import ConfigError, PhaseConfig, RunConfig, TrainConfig, load_config
+
+if TYPE_CHECKING:
+    from trainer.data.splits import DataIndex
 
 # Speed does not depend on the weights' values, and none can be downloaded on many machines.
 BENCH_DEFAULTS = ["model.pretrained=false"]
@@ -71,12 +74,21 @@ def resolve(cfg: RunConfig, phase_index: int) -> Setup:
         raise ConfigError(f"--phase: {phase_index}, but the config has {len(phases)} phase(s)")
     device = pick_device()
     precision, note = bench_precision(cfg.train, device)
-    folder = _image_folder(cfg)
-    _, pre = build_model(dataclasses.replace(cfg.model, pretrained=False), folder["num_classes"])
+    index, split_dirs = _scan(cfg)
+    _, pre = build_model(dataclasses.replace(cfg.model, pretrained=False), len(index.class_names))
     pre = pre.with_size(cfg.data.image_size)
+    counts = index.counts()
     return Setup(
         cfg=cfg,
-        **folder,
+        root=index.root,
+        split_dirs=split_dirs,
+        train_dir=split_dirs.get("train", index.root),
+        layout="pre-split" if index.layout == "pre-split" else "one folder",
+        num_classes=len(index.class_names),
+        # A split without a folder of its own (every split of one folder, val without val/)
+        # was cut out of the training folder: its images are among those ImageFolder reads.
+        images=sum(n for name, n in counts.items() if name == "train" or name not in split_dirs),
+        split_counts=counts,
         device=device,
         precision=precision,
         precision_note=note,
@@ -86,31 +98,19 @@ def resolve(cfg: RunConfig, phase_index: int) -> Setup:
         resize_size=pre.resize_size,
         mean=pre.mean,
         std=pre.std,
-        workers=loaders.auto_num_workers(cfg.data.num_workers, 1),  # one process
+        workers=loaders.auto_num_workers(cfg.data.num_workers, 1),  # the bench is one process
         phase=phases[phase_index],
         phase_index=phase_index,
     )
 
 
-def _image_folder(cfg: RunConfig) -> dict[str, Any]:
-    """The image folder as the runner reads it: its own scan (the image check left to the
-    runner's case, which does it), and the split folders that ImageFolder is pointed at."""
-    from trainer.data import imagefolder
+def _scan(cfg: RunConfig) -> tuple[DataIndex, dict[str, Path]]:
+    """The runner's index of data.root (the image check is left to the runner's own case) and
+    the split folders it read, which ImageFolder is pointed at ({} for one folder of classes)."""
+    from trainer.data import layout, splits
 
-    index = imagefolder.scan(dataclasses.replace(cfg.data, check_images=False))
-    split_dirs = imagefolder.split_folders(index.root, cfg.data.layout, []) or {}
-    counts = index.counts()
-    return {
-        "root": index.root,
-        "split_dirs": split_dirs,
-        "train_dir": split_dirs.get("train", index.root),
-        "layout": "pre-split" if index.layout == "pre-split" else "one folder",
-        "num_classes": len(index.class_names),
-        # A split without a folder of its own (all of them in one folder, val without val/)
-        # was cut out of train_dir: its images are in what ImageFolder reads there.
-        "images": sum(n for name, n in counts.items() if name == "train" or name not in split_dirs),
-        "split_counts": counts,
-    }
+    index = splits.scan(dataclasses.replace(cfg.data, check_images=False))
+    return index, layout.split_folders(index.root, cfg.data.layout, []) or {}
 
 
 def bench_precision(cfg: TrainConfig, device) -> tuple[str, str]:

@@ -32,7 +32,7 @@ def run_whole(opts: BenchOptions) -> dict[str, Any]:
         workdir = Path(tmp)
         s = prepare(opts, workdir, WHOLE_RUN_RECIPE, 0)
         if "train" not in s.split_dirs or "val" not in s.split_dirs:
-            from trainer.data.imagefolder import DataError
+            from trainer.data.layout import DataError
 
             raise DataError(
                 f"--whole-run needs a pre-split folder (train/ val/ [test/]); {str(s.root)!r} is not"
@@ -92,12 +92,12 @@ def _header_lines(opts: BenchOptions, s: Setup, found: dict[str, str]) -> list[s
 
 def _time_runner(s: Setup, run_dir: Path) -> dict[str, Any]:
     """The runner on the config's phases and checkpoint settings: seconds, summary, pipeline."""
-    from trainer.train import loop
+    from trainer.train.run import run
 
     cfg = runner_config(s, run_dir, None)
     with PeakMemory(s.device) as peak:
         start = time.perf_counter()
-        summary = loop.run(cfg)
+        summary = run(cfg)
         sync(s.device)
         seconds = time.perf_counter() - start
     return {
