@@ -34,7 +34,7 @@ class Setup:
     train_dir: Path  # what ImageFolder reads: root/train of a pre-split folder, else root
     layout: str  # pre-split | one folder
     num_classes: int
-    images: int  # in train_dir
+    images: int  # what ImageFolder finds in train_dir
     split_counts: dict[str, int]  # images per split, as the runner splits them
     device: Any  # torch.device
     precision: str  # no | bf16 | fp16
@@ -42,7 +42,6 @@ class Setup:
     channels_last: bool
     compile: bool
     image_size: int
-    resize_size: int  # eval resize (the cached pipeline stores images at this size)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     workers: int
@@ -95,7 +94,6 @@ def resolve(cfg: RunConfig, phase_index: int) -> Setup:
         channels_last=settings.channels_last(cfg.train, device),
         compile=cfg.train.compile,
         image_size=pre.image_size,
-        resize_size=pre.resize_size,
         mean=pre.mean,
         std=pre.std,
         workers=loaders.auto_num_workers(cfg.data.num_workers, 1),  # the bench is one process
