@@ -133,7 +133,8 @@ def _add_timing_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from trainer.bench import BenchOptions, bench, parse_size, parse_split_images
+    from trainer.bench.options import BenchOptions, parse_size, parse_split_images
+    from trainer.bench.run import bench
 
     opts = BenchOptions(
         config=args.config,
