@@ -47,7 +47,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         print("(d) blog-script setting ...", flush=True)
         cases["d"] = case_loader(s, opts.steps, opts.warmup, blog=True)
         # The runner last: its Accelerator sets process-wide state the hand loops should not see.
-        print(f"(b) trainer.loop.run for {opts.epochs} epoch(s) ...", flush=True)
+        print(f"(b) trainer.train.run for {opts.epochs} epoch(s) ...", flush=True)
         cases["b"] = case_runner(s, opts.epochs, workdir)
     ordered = [cases[k] for k in "abcd"]
     b = cases["b"].images_per_second

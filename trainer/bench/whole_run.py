@@ -27,7 +27,7 @@ from trainer.bench.setup import (
 
 
 def run_whole(opts: BenchOptions) -> dict[str, Any]:
-    """Wall clock of a whole run: trainer.loop.run vs the blog-script loop, same data, same device."""
+    """Wall clock of a whole run: trainer.train.run vs the blog-script loop, same data, same device."""
     with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp, private_caches(Path(tmp)):
         workdir = Path(tmp)
         s = prepare(opts, workdir, WHOLE_RUN_RECIPE, 0)
@@ -41,7 +41,7 @@ def run_whole(opts: BenchOptions) -> dict[str, Any]:
         header = _header_lines(opts, s, found)
         print("\n".join(header))
         warm_page_cache(s.root)
-        print("ours: trainer.loop.run ...", flush=True)
+        print("ours: trainer.train.run ...", flush=True)
         ours = _time_runner(s, workdir / "run")
         print("blog script ...", flush=True)
         with PeakMemory(s.device) as blog_peak:
@@ -112,7 +112,7 @@ def _table_lines(s: Setup, ours: dict[str, Any], blog: dict[str, Any]) -> list[s
     """Both wall clocks and their ratio."""
     cfg = s.cfg
     ours_desc = (
-        f"ours: trainer.loop.run (precision {s.precision}, batch {cfg.train.batch_size}, "
+        f"ours: trainer.train.run (precision {s.precision}, batch {cfg.train.batch_size}, "
         f"{s.workers} workers, data.pipeline {ours['pipeline']}, "
         f"checkpoints {'on' if cfg.checkpoint.enabled else 'off'})"
     )

@@ -9,7 +9,7 @@ from trainer.cli.args import add_config_args, count
 BENCH_DESCRIPTION = """\
 Training speed on this device, measured side by side in one process (images/s):
   (a) the configured model's training steps on random tensors already on the device (the ceiling)
-  (b) the runner end to end: trainer.loop.run on a JPEG folder through its own input pipeline
+  (b) the runner end to end: trainer.train.run on a JPEG folder through its own input pipeline
       (data.pipeline), images/s from metrics.jsonl, the first epoch left out as warm-up
   (c) plain torchvision: ImageFolder + PIL RandomResizedCrop/flip/ToTensor/Normalize + DataLoader,
       same workers, model, precision, channels_last and batch, a hand-written loop
