@@ -76,9 +76,8 @@ def run_epoch(ctx: Context, state: State, phase: Phase, at: Position) -> bool:
 def train_epoch(ctx: Context, state: State, phase: Phase, at: Position) -> dict:
     """One pass over the training batches from batch `at.batch`; returns the mean loss and the
     running accuracy (on augmented images). Saves step checkpoints on the way."""
-    a, p, cfg = ctx.accelerator, state.progress, ctx.cfg.train
-    model = phase.model
-    settings.train_mode(model, a.unwrap_model(model).backbone, phase.cfg, cfg)
+    a, p, model = ctx.accelerator, state.progress, phase.model
+    settings.train_mode(model, a.unwrap_model(model).backbone, phase.cfg, ctx.cfg.train)
     sums = RunningSums(a.device)
     n = len(phase.sampler)
     phase.sampler.set_epoch(p.epoch, at.batch)
@@ -95,7 +94,7 @@ def train_epoch(ctx: Context, state: State, phase: Phase, at: Position) -> dict:
         labels = batch["label"]
         images, targets = ctx.mixer(nhwc(batch["pixel_values"], ctx.channels_last), labels)
         # Gradients are all-reduced on the last micro-batch of each update (and of the epoch).
-        sync = (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == n
+        sync = (i + 1) % ctx.cfg.train.grad_accum_steps == 0 or i + 1 == n
         with contextlib.nullcontext() if sync else a.no_sync(model):
             logits = model(images)
             loss = ctx.criterion(logits, targets)

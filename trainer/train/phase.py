@@ -75,7 +75,7 @@ def start_phase(ctx: Context, state: State, model: torch.nn.Module, index: int) 
 
 def train_sampler(ctx: Context) -> EpochBatchSampler:
     """This process's share of every epoch's batches (train.seed, data.sampler)."""
-    a, cfg, items = ctx.accelerator, ctx.cfg.train, ctx.index.splits["train"]
+    a, train, items = ctx.accelerator, ctx.cfg.train, ctx.index.splits["train"]
     weights = None
     if ctx.cfg.data.sampler == "balanced":
         # Each image drawn with probability 1 / its class size: classes come equally often.
@@ -83,10 +83,10 @@ def train_sampler(ctx: Context) -> EpochBatchSampler:
         weights = [1.0 / counts[label] for _, label in items]
     return EpochBatchSampler(
         len(items),
-        cfg.batch_size,
+        train.batch_size,
         num_replicas=a.num_processes,
         rank=a.process_index,
-        seed=cfg.seed,
+        seed=train.seed,
         # Drop the ragged last batch when there is a full one: a batch of 1 breaks BatchNorm.
         drop_last=True,
         weights=weights,

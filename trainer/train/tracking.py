@@ -22,9 +22,9 @@ METRICS_FILE = "metrics.jsonl"
 WANDB_RUN_FILE = "wandb_run.json"
 
 
-def accelerate_log_with(cfg: TrackingConfig) -> list[str]:
+def accelerate_log_with(tracking: TrackingConfig) -> list[str]:
     """The `log_with` argument of the Accelerator."""
-    return ["wandb"] if cfg.wandb.mode != "disabled" else []
+    return ["wandb"] if tracking.wandb.mode != "disabled" else []
 
 
 def _json_safe(value: Any) -> Any:
