@@ -37,7 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     from trainer.errors import writing
-    from trainer.train.loop import run  # heavy imports only after the config is known to be good
+    from trainer.train.run import run  # heavy imports only after the config is known to be good
 
     with writing(cfg.output_dir):  # a full disk names at least the run folder
         run(cfg)
@@ -114,7 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ]
     cfg = load_config("digits", overrides)
     from trainer.errors import writing
-    from trainer.train.loop import run
+    from trainer.train.run import run
 
     with writing(cfg.output_dir):
         summary = run(cfg)
