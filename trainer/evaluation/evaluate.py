@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -9,6 +11,28 @@ from accelerate import Accelerator
 from trainer import runtime
 from trainer.data.loaders import nhwc
 from trainer.evaluation import metrics
+
+
+@torch.no_grad()
+def forward_gather(
+    model,
+    loader,
+    accelerator: Accelerator,
+    outputs: Callable[[torch.Tensor, dict], tuple[torch.Tensor, ...]],
+    desc: str = "eval",
+    channels_last: bool = False,
+    transform=None,
+) -> Iterator[tuple[tuple[torch.Tensor, ...], dict]]:
+    """Per batch: `outputs(float32 logits, batch)` gathered from every process, each sample
+    once, and the batch as this process saw it."""
+    model.eval()
+    for batch in runtime.progress(loader, desc, accelerator):
+        if transform is not None:  # uint8 cache batches -> normalized images (on the device)
+            batch = transform(batch)
+        with accelerator.autocast():  # also for models not prepared by accelerate (the EMA copy)
+            logits = model(nhwc(batch["pixel_values"], channels_last)).float()
+        # gather_for_metrics drops the duplicates DDP adds to even out the last batch.
+        yield accelerator.gather_for_metrics(outputs(logits, batch)), batch
 
 
 @torch.no_grad()
@@ -23,22 +47,18 @@ def evaluate(
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Metrics over `loader`, each sample once, and the gathered per-sample predictions
     (topk, label, loss, confidence, index) for reports and galleries."""
-    model.eval()
     k = min(5, num_classes)
-    keys = ("topk", "label", "loss", "confidence", "index")
-    parts: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
-    for batch in runtime.progress(loader, desc, accelerator):
-        if transform is not None:  # uint8 cache batches -> normalized images (on the device)
-            batch = transform(batch)
-        with accelerator.autocast():  # also for models not prepared by accelerate (the EMA copy)
-            logits = model(nhwc(batch["pixel_values"], channels_last)).float()
+
+    def per_sample(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, ...]:
         loss = F.cross_entropy(logits, batch["label"], reduction="none")
         confidence = logits.softmax(dim=1).max(dim=1).values
         top = logits.topk(k, dim=1).indices
-        # gather_for_metrics drops the duplicates DDP adds to even out the last batch.
-        gathered = accelerator.gather_for_metrics(
-            (top, batch["label"], loss, confidence, batch["index"])
-        )
+        return top, batch["label"], loss, confidence, batch["index"]
+
+    keys = ("topk", "label", "loss", "confidence", "index")
+    parts: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
+    batches = forward_gather(model, loader, accelerator, per_sample, desc, channels_last, transform)
+    for gathered, _ in batches:
         for key, tensor in zip(keys, gathered):
             parts[key].append(tensor.cpu())
     if not parts["label"]:

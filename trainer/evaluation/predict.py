@@ -23,6 +23,7 @@ from trainer import runtime
 from trainer.data import loaders, walk
 from trainer.data.badfiles import check_file
 from trainer.data.transforms import Preprocessing, eval_transform, load_rgb
+from trainer.evaluation.evaluate import forward_gather
 from trainer.files import write_text_atomic
 from trainer.model.folder import load_for_inference
 
@@ -91,19 +92,20 @@ def predict_paths(
         runtime.shutdown(accelerator)
 
 
-@torch.no_grad()
 def _top_k(
     model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, k: int
 ) -> tuple[list[tuple[int, list[int], list[float]]], list[tuple[int, str]]]:
     """(index, top-k classes, their probabilities) of every readable image, gathered from all
     processes; and this process's (index, reason) of the unreadable ones."""
+
+    def probabilities(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, ...]:
+        p, idx = logits.softmax(dim=1).topk(k, dim=1)
+        return p, idx, batch["index"], batch["ok"]
+
     top, bad = [], []
-    model.eval()
-    for batch in runtime.progress(loader, "predict", accelerator):
-        probs = model(batch["pixel_values"]).float().softmax(dim=1)
-        p, idx = probs.topk(k, dim=1)
-        # gather_for_metrics drops the duplicates DDP adds to even out the last batch.
-        p, idx, index, ok = accelerator.gather_for_metrics((p, idx, batch["index"], batch["ok"]))
+    for (p, idx, index, ok), batch in forward_gather(
+        model, loader, accelerator, probabilities, "predict"
+    ):
         for pi, ii, i, good in zip(p.tolist(), idx.tolist(), index.tolist(), ok.tolist()):
             if good:
                 top.append((i, ii, pi))
