@@ -1,4 +1,4 @@
-"""The packages' one-way import order: config -> data -> model -> evaluation -> train -> bench -> cli.
+"""The packages' one-way import order: config -> data -> model -> evaluation -> train -> audit -> bench -> cli.
 
 A module may import its own layer and the layers before it, never one after it: a newcomer can
 then read the packages in that order, and moving a feature never drags the training loop along.
@@ -14,7 +14,7 @@ import trainer
 ROOT = Path(trainer.__file__).parent
 # Base modules anything may import: one-line errors, file writing, secrets, versions and progress.
 BASE = ("errors", "files", "secrets", "runtime", "__init__")
-LAYERS = ("config", "data", "model", "evaluation", "train", "bench", "cli", "__main__")
+LAYERS = ("config", "data", "model", "evaluation", "train", "audit", "bench", "cli", "__main__")
 
 
 def layer_of(module: str) -> int:
