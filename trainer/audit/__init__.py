@@ -1,0 +1,1 @@
+"""Know the data before trusting a number: duplicates, leakage, suspected label errors, outliers."""
