@@ -53,6 +53,9 @@ class DataConfig:
     """Train/val/test ratios for a folder that is not pre-split; stratified per class."""
     split_seed: int = 42
     """Seed of the ratio split; kept apart from train.seed so the split stays put across runs."""
+    group_duplicates: bool = False
+    """Keep each group of exact or near copies found by `trainer audit DATA` inside one split of
+    the ratio split (no test image with a copy in train); needs an audit of the folder."""
     image_size: int | None = None
     """Side of the square crop fed to the model, in pixels; null: the backbone's own (224)."""
     num_workers: int | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from trainer.data.badfiles import cache_dir
@@ -25,14 +26,15 @@ def groups_file(root: str | Path) -> Path:
 
 
 def write_groups(root: str | Path, groups: list[list[str]], cross_split: int) -> None:
-    """Save `groups` (lists of >= 2 absolute image paths that are copies of each other) and
+    """Save `groups` (lists of >= 2 image paths that are copies of each other) and
     `cross_split` (how many duplicate pairs cross two splits) for `root`, atomically: a reader
     on another rank or node sees the earlier file or the new one, never half of one."""
     doc = {
         "version": GROUPS_VERSION,
         "root": str(Path(root).resolve()),
         "cross_split": int(cross_split),
-        "groups": [[str(p) for p in group] for group in groups if len(group) >= 2],
+        # Absolute, so a run started from another working directory finds the same images.
+        "groups": [[os.path.abspath(p) for p in group] for group in groups if len(group) >= 2],
     }
     text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
     write_text_atomic(groups_file(root), text)
@@ -55,3 +57,25 @@ def read_groups(root: str | Path) -> tuple[list[list[str]], int] | None:
         return groups, cross
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
+
+
+def index_groups(groups: list[list[str]], paths: list[str]) -> list[list[str]]:
+    """The groups as the index spells its `paths` (it may hold relative ones), merged where two
+    groups share an image, without images the index lacks (bad files, since removed), each >= 2."""
+    spelled = {os.path.abspath(p): p for p in paths}
+    parent: dict[str, str] = {}
+
+    def find(p: str) -> str:
+        while parent.setdefault(p, p) != p:
+            parent[p] = parent[parent[p]]  # path halving keeps the chains short
+            p = parent[p]
+        return p
+
+    for group in groups:
+        members = [spelled[a] for a in map(os.path.abspath, group) if a in spelled]
+        for p in members[1:]:
+            parent[find(p)] = find(members[0])
+    merged: dict[str, list[str]] = {}
+    for p in parent:
+        merged.setdefault(find(p), []).append(p)
+    return sorted(sorted(set(g)) for g in merged.values() if len(set(g)) >= 2)

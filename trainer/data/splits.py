@@ -24,6 +24,7 @@ import numpy as np
 
 from trainer.config import DataConfig
 from trainer.data.badfiles import cache_file, check_files
+from trainer.data.groups import index_groups, read_groups
 from trainer.data.layout import (
     SPLITS,
     ClassFolders,
@@ -82,6 +83,7 @@ def scan(cfg: DataConfig, workers: int | None = None) -> DataIndex:
     trees = {s: _without(tree, bad) for s, tree in trees.items()}
     if split_dirs is not None:
         index = _index_pre_split(root, split_dirs, trees, cfg)
+        _note_cross_split(index, cfg)
     else:
         index = _index_ratio_split(root, trees["all"], cfg)
     index.notes[:0] = notes
@@ -200,8 +202,10 @@ def _index_pre_split(
     if "val" not in index.splits:
         # No val/ folder: hold out the val share of train, stratified, so model selection still works.
         val_ratio = cfg.split[1] / (cfg.split[0] + cfg.split[1])
+        train = index.splits["train"]
+        groups = _duplicate_groups(cfg, root, train)
         parts = stratified_split(
-            index.splits["train"], [1 - val_ratio, val_ratio, 0.0], cfg.split_seed
+            train, [1 - val_ratio, val_ratio, 0.0], cfg.split_seed, None, groups
         )
         index.splits["train"], index.splits["val"] = parts[0], parts[1]
         notes.append(f"no val/ folder: held out {val_ratio:.0%} of train/ as validation")
@@ -213,10 +217,38 @@ def _index_ratio_split(root: Path, folders: ClassFolders, cfg: DataConfig) -> Da
     notes: list[str] = []
     class_names = _usable_classes(folders, root, notes)
     items = [(f, i) for i, c in enumerate(class_names) for f in folders[c]]
-    parts = stratified_split(items, cfg.split, cfg.split_seed, class_names)
+    groups = _duplicate_groups(cfg, root, items)
+    parts = stratified_split(items, cfg.split, cfg.split_seed, class_names, groups)
     index = DataIndex(root, class_names, "ratio-split", notes=notes)
     index.splits = {s: p for s, p in zip(SPLITS, parts) if p or s == "train"}
     return index
+
+
+def _duplicate_groups(cfg: DataConfig, root: Path, items: list[tuple[str, int]]) -> list[list[str]]:
+    """With data.group_duplicates, the last audit's copy groups among `items`; else none."""
+    if not cfg.group_duplicates:
+        return []
+    found = read_groups(root) or read_groups(cfg.root)
+    if found is None:
+        raise DataError(
+            "data.group_duplicates=true needs an audit of this folder: "
+            f"run `trainer audit {cfg.root}` first"
+        )
+    return index_groups(found[0], [p for p, _ in items])
+
+
+def _note_cross_split(index: DataIndex, cfg: DataConfig) -> None:
+    """A pre-split folder's leakage, as the last audit of it counted: one note."""
+    found = read_groups(index.root) or read_groups(cfg.root)
+    if found is not None and found[1] == 0:
+        index.notes.append(f"the audit of {cfg.root} found no duplicates across its splits")
+    elif found is not None:
+        index.notes.append(
+            f"the audit of {cfg.root} found {found[1]} duplicate pairs (exact or near) across "
+            "its splits "
+            "(a val/test image with a copy in train flatters its numbers; "
+            f"`trainer audit {cfg.root}` lists them)"
+        )
 
 
 def stratified_split(
@@ -224,31 +256,44 @@ def stratified_split(
     ratios: Sequence[float],
     seed: int,
     class_names: Sequence[str] | None = None,
+    groups: Sequence[Sequence[str]] = (),
 ) -> list[list[tuple[str, int]]]:
     """Split (path, label) pairs into len(ratios) parts with the same class mix in each.
 
     Each class is shuffled by its own generator, seeded from `seed` and the class name, so adding
     a class or files to one class never moves the files of another. Every class keeps >= 1 image
-    in the first (train) part.
+    in the first (train) part. Each of `groups` (disjoint lists of item paths, `index_groups`)
+    goes whole into one part, shuffled as one unit of the class most of its images have (ties:
+    the first such label): its images keep their own labels. Without groups every unit is one
+    image, and the split is the same as before groups existed.
     """
-    by_label: dict[int, list[str]] = {}
+    label_of = dict(items)
+    units_of: dict[int, list[list[tuple[str, int]]]] = {}
+    grouped: set[str] = set()
+    for group in groups:
+        labels = [label_of[p] for p in group]
+        owner = max(sorted(set(labels)), key=labels.count)
+        units_of.setdefault(owner, []).append(sorted((p, label_of[p]) for p in group))
+        grouped.update(group)
     for path, label in items:
-        by_label.setdefault(label, []).append(path)
+        if path not in grouped:
+            units_of.setdefault(label, []).append([(path, label)])
     parts: list[list[tuple[str, int]]] = [[] for _ in ratios]
-    for label in sorted(by_label):
-        paths = sorted(by_label[label])
+    for label in sorted(units_of):
+        units = sorted(units_of[label])
         name = class_names[label] if class_names else str(label)
         rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
-        order = rng.permutation(len(paths))
-        n = len(paths)
+        order = rng.permutation(len(units))
+        n = sum(len(u) for u in units)
         sizes = [round(n * r) for r in ratios[1:]]
         while n - sum(sizes) < 1 and any(sizes):  # keep one image for training
             sizes[max(range(len(sizes)), key=lambda i: sizes[i])] -= 1
         bounds = np.cumsum([n - sum(sizes), *sizes])
-        start = 0
-        for part, end in zip(parts, bounds):
-            part.extend((paths[i], label) for i in order[start:end])
-            start = end
+        # A unit goes to the part whose share holds its first image's position in the order.
+        lengths = np.array([len(units[i]) for i in order], dtype=np.int64)
+        starts = np.cumsum(lengths) - lengths
+        for i, part in zip(order, np.searchsorted(bounds, starts, side="right")):
+            parts[part].extend(units[i])
     return [sorted(p) for p in parts]
 
 

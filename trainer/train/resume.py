@@ -45,6 +45,9 @@ FREE_KEYS = (
     "train.collective_timeout_s",
     "train.eval_batch_size",
 )
+# Keys added after runs were saved without them, with the value those runs had: a change of
+# data.group_duplicates (it shapes the split) is refused, a config from before it existed is not.
+ADDED_KEYS = {"data.group_duplicates": False}
 
 
 @dataclass
@@ -199,7 +202,7 @@ def _check_same_settings(cfg: RunConfig, folder: Path) -> None:
         ) from None
     if not isinstance(saved_tree, dict):
         raise ConfigError(f"{saved_file}: not a config; start over with overwrite=true")
-    saved = _shaping(flat_dict(saved_tree))
+    saved = _shaping(ADDED_KEYS | flat_dict(saved_tree))
     now = _shaping(flat_dict(to_dict(cfg)))
     changed = [
         f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
