@@ -124,7 +124,12 @@ def test_eval_report_writes_a_new_folder_and_replaces_its_own_report(model_dir, 
     report = images.parent / "report"
     argv = ["eval", str(model_dir), str(images), "--num-workers", "0", "--report", str(report)]
     assert main(argv) == 0 and main(argv) == 0
-    assert {p.name for p in report.iterdir()} == {"report.json", "report.md", "plots"}
+    assert {p.name for p in report.iterdir()} == {
+        "report.json",
+        "report.md",
+        "predictions.csv",
+        "plots",
+    }
     (report / "my-notes.txt").write_text("mine", encoding="utf-8")  # now the user's folder too
     assert main(argv) == 2
     assert "--report" in _error_line(capsys.readouterr().err, "eval")

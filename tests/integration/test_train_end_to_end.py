@@ -35,6 +35,16 @@ def test_run_folder_is_complete(trained_run):
     assert report["split"] == "test" and report["overall"]["samples"] == 6
     assert {"balanced_accuracy", "macro_f1", "ece", "accuracy"} <= set(report["overall"])
     assert "![confusion matrix](plots/confusion_matrix.png)" in (run / "report.md").read_text()
+    with open(run / "splits.csv", encoding="utf-8") as f:
+        tested = [(r["path"], r["label"]) for r in csv.DictReader(f) if r["split"] == "test"]
+    with open(run / "predictions.csv", encoding="utf-8") as f:
+        predictions = list(csv.DictReader(f))
+    assert [(r["path"], r["true"]) for r in predictions] == tested  # each test image once
+    for r in predictions:
+        assert r["correct"] == str(int(r["predicted"] == r["true"]))
+        assert r["top3"].split("|")[0] == r["predicted"] and 0 < float(r["confidence"]) <= 1
+    correct = sum(r["correct"] == "1" for r in predictions)
+    assert correct / 6 == pytest.approx(report["overall"]["accuracy"])
     checkpoints = sorted((run / "checkpoints").glob("step-*"))
     assert len(checkpoints) == 2  # one per epoch, keep_last=2
     for ckpt in checkpoints:
@@ -121,6 +131,14 @@ def test_eval_report_writes_json_markdown_and_plots(trained_run, tmp_path):
     assert [c["class"] for c in report["per_class"]] == ["cat", "dog", "fox"]
     assert (tmp_path / "rep" / "plots" / "confusion_matrix.png").is_file()
     assert (tmp_path / "rep" / "report.md").is_file()
+    with open(tmp_path / "rep" / "predictions.csv", encoding="utf-8") as f:
+        predictions = list(csv.DictReader(f))
+    assert sorted(r["path"] for r in predictions) == sorted(
+        str(p.relative_to(root)) for p in root.rglob("*.png")
+    )
+    assert all(r["path"].split("/")[0] == r["true"] for r in predictions)
+    correct = sum(r["correct"] == "1" for r in predictions)
+    assert correct == round(report["overall"]["accuracy"] * 60)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

@@ -32,7 +32,7 @@ def evaluate_folder(
 ) -> dict[str, Any]:
     """Metrics of the model folder on a labelled class-per-folder tree (read as data.layout
     `layout`), with its class names and the files left out; with `report_dir`, also report.json,
-    report.md and plots there (main process)."""
+    report.md, predictions.csv and plots there (main process)."""
     accelerator = runtime.make_accelerator()
     try:
         model, meta, pre = load_for_inference(model_dir)
@@ -57,6 +57,9 @@ def evaluate_folder(
                 split=split,
                 model=str(model_dir),
                 data=str(data_dir),
+            )
+            report.write_predictions(
+                Path(report_dir) / "predictions.csv", preds, items, names, data_dir
             )
         result["class_names"] = names
         result["bad_files"] = [{"path": p, "reason": r} for p, r in bad]

@@ -12,7 +12,7 @@ from trainer.evaluation.predict import predictions_header
 from trainer.files import check_replaceable, first_line, read_json_or_none
 
 PREDICTION_KEYS = {"path", "labels", "probabilities"}
-REPORT_NAMES = {"report.json", "report.md", "plots"}
+REPORT_NAMES = {"report.json", "report.md", "predictions.csv", "plots"}
 REPORT_PLOTS = {"confusion_matrix.png", "mistakes.png"}
 
 
@@ -37,8 +37,8 @@ def is_metrics_json(path: Path) -> bool:
 
 
 def is_eval_report(folder: Path) -> bool:
-    """A folder that `trainer eval --report` wrote: report.json of the report's shape, report.md
-    and plots/ with its two PNGs, nothing else (a run folder holds its model, config, ...)."""
+    """A folder that `trainer eval --report` wrote: report.json of the report's shape, report.md,
+    predictions.csv and plots/ with its two PNGs, nothing else (a run folder holds its model, config, ...)."""
     names = {p.name for p in folder.iterdir()}
     if "report.json" not in names or not names <= REPORT_NAMES:
         return False

@@ -5,7 +5,10 @@ Written after training (best model on the test split, else val) and by `trainer 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from typing import Any
 import torch
 
 from trainer.evaluation import plots
+from trainer.files import write_text_atomic
 
 MISTAKES_SHOWN = 16
 
@@ -35,6 +39,39 @@ def confident_mistakes(
         }
         for i in order
     ]
+
+
+def write_predictions(
+    path: Path,
+    preds: dict[str, torch.Tensor],
+    items: Sequence[tuple[str, int]],
+    class_names: Sequence[str],
+    root: str | Path,
+) -> None:
+    """predictions.csv: one row per evaluated image, in the order of `items` (the split): its
+    path relative to the data `root`, true and predicted class, confidence (the top class's
+    softmax probability), cross-entropy loss, correct (1/0) and the top-k classes, best first,
+    separated by "|" (k = 5, or the number of classes when fewer)."""
+    k = preds["topk"].shape[1] if preds else min(5, len(class_names))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["path", "true", "predicted", "confidence", "loss", "correct", f"top{k}"])
+    if preds:
+        for i in preds["index"].argsort().tolist():
+            top = [class_names[c] for c in preds["topk"][i].tolist()]
+            true = class_names[int(preds["label"][i])]
+            writer.writerow(
+                [
+                    os.path.relpath(items[int(preds["index"][i])][0], root),
+                    true,
+                    top[0],
+                    f"{float(preds['confidence'][i]):.6f}",
+                    f"{float(preds['loss'][i]):.6f}",
+                    int(top[0] == true),
+                    "|".join(top),
+                ]
+            )
+    write_text_atomic(path, out.getvalue())
 
 
 def most_confused(

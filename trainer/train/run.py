@@ -91,7 +91,8 @@ def final_eval(ctx: Context, state: State, model: torch.nn.Module) -> tuple[str 
 
 
 def write_report(ctx: Context, state: State, split: str, result: dict, preds: dict) -> None:
-    """RUN_DIR/report.{json,md} and RUN_DIR/plots/*.png (main process), also sent to W&B."""
+    """RUN_DIR/report.{json,md}, RUN_DIR/predictions.csv and RUN_DIR/plots/*.png (main
+    process); the plots are also sent to W&B."""
     a, run_dir = ctx.accelerator, ctx.run_dir
     if a.is_main_process:
         plot_dir = run_dir / "plots"
@@ -116,6 +117,13 @@ def write_report(ctx: Context, state: State, split: str, result: dict, preds: di
             model=str(run_dir / "model"),
             data=str(ctx.index.root),
             epoch=state.progress.best_epoch,
+        )
+        report.write_predictions(
+            run_dir / "predictions.csv",
+            preds,
+            ctx.index.splits[split],
+            ctx.class_names,
+            ctx.index.root,
         )
         ctx.tracker.log_images(written, step=state.progress.step)
     a.wait_for_everyone()

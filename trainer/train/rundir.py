@@ -42,6 +42,7 @@ RUN_DIRS = ("plots", "wandb", "checkpoints", "model")
 RUN_FILES = (
     "report.json",
     "report.md",
+    "predictions.csv",
     "config.yaml",
     "env.json",
     "metrics.jsonl",
