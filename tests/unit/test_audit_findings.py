@@ -87,7 +87,8 @@ def test_planted_far_points_are_outliers(digits):
 
 @pytest.fixture(scope="module")
 def odd_folder(tmp_path_factory):
-    """A sharp photo, its blurred copy, and images that are black, white, 5x5 and 300x10."""
+    """A sharp photo, its blurred copy, images that are black, white, 5x5 and 300x10, a 16-bit
+    grey one of mid brightness and a file that is no image."""
     folder = tmp_path_factory.mktemp("odd")
     photo = Image.fromarray(load_sample_image("china.jpg"))
     images = {
@@ -97,6 +98,7 @@ def odd_folder(tmp_path_factory):
         "white.png": Image.new("RGB", (64, 64), (255, 255, 255)),
         "tiny.png": photo.resize((5, 5)),
         "strip.png": photo.resize((300, 10)),
+        "grey16.png": Image.fromarray(np.full((64, 64), 30000, dtype=np.uint16)),
     }
     paths = []
     for name, img in images.items():
@@ -117,7 +119,9 @@ def test_odd_images_are_flagged_for_their_reason(odd_folder):
     assert reasons[3].startswith("very bright")
     assert reasons[4].startswith("tiny (5x5 px)")
     assert "extreme aspect ratio (30.0:1)" in reasons[5] and "tiny" in reasons[5]
-    assert reasons[6] == "unreadable"
+    assert stats[6]["brightness"] == pytest.approx(30000 / 65535, abs=0.01)  # not clipped white
+    assert reasons[6].startswith("blurry")  # flat: no edges
+    assert reasons[7] == "unreadable"
 
 
 def test_class_balance_per_split():
