@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
-from trainer.cli import bench, model, scan, train
+from trainer.cli import audit, bench, model, scan, train
 from trainer.cli.args import is_main
 
 EXIT_USAGE = 2
@@ -59,6 +59,7 @@ _TABLE: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Command]] 
     "export": (model.add_export, model.cmd_export),
     "weights": (model.add_weights, model.cmd_weights),
     "scan": (scan.add_scan, scan.cmd_scan),
+    "audit": (audit.add_audit, audit.cmd_audit),
     "config": (train.add_config, train.cmd_config),
     "recipes": (train.add_recipes, train.cmd_recipes),
     "demo": (train.add_demo, train.cmd_demo),
@@ -88,6 +89,7 @@ WRITE_HINTS = {
     "predict": "--out",
     "eval": "--json / --report",
     "scan": "--json (or TRAINER_CACHE_DIR for its cache)",
+    "audit": "--out",
     "export": "--out",
     "weights": "--to (or TORCH_HOME / HF_HOME)",
     "bench": "--data / --make-data / --json, or TMPDIR",
