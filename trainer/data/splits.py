@@ -264,7 +264,8 @@ def stratified_split(
     a class or files to one class never moves the files of another. Every class keeps >= 1 image
     in the first (train) part. Each of `groups` (disjoint lists of item paths, `index_groups`)
     goes whole into one part, shuffled as one unit of the class most of its images have (ties:
-    the first such label): its images keep their own labels. Without groups every unit is one
+    the first such label): its images keep their own labels, and a class all of whose images
+    are in other classes' groups may have none in train. Without groups every unit is one
     image, and the split is the same as before groups existed.
     """
     label_of = dict(items)
