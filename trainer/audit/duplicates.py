@@ -29,6 +29,7 @@ from collections import defaultdict
 import numpy as np
 
 NEAR_THRESHOLD = 0.70
+MAX_PAIRS = 500_000  # near pairs kept, the most similar: a bound on memory, not a finding
 WHITEN_DIMS = 64  # directions kept; also what makes the search fast on 100k images
 
 
@@ -58,25 +59,39 @@ def exact_groups(hashes: list[tuple[str, str]]) -> list[list[int]]:
 
 
 def near_pairs(
-    emb: np.ndarray, threshold: float = NEAR_THRESHOLD, chunk: int = 4096
+    emb: np.ndarray,
+    threshold: float = NEAR_THRESHOLD,
+    chunk: int = 4096,
+    max_pairs: int = MAX_PAIRS,
 ) -> list[tuple[int, int, float]]:
     """(i, j, similarity) with i < j for every pair of rows of the L2-normalized `emb` whose
-    cosine similarity is >= threshold, most similar first."""
+    cosine similarity is >= threshold, most similar first; only the `max_pairs` most similar
+    when there are more (a backbone that cannot tell a class's images apart calls them all
+    copies: the caller says so when the list is that long)."""
     n = len(emb)
     emb = np.ascontiguousarray(emb, dtype=np.float32)
-    pairs: list[tuple[int, int, float]] = []
+    found: list[np.ndarray] = []  # (k, 3) float64 blocks of [i, j, similarity]
+    kept = 0
     for a in range(0, n, chunk):
         block = emb[a : a + chunk]
         for b in range(a, n, chunk):
             sims = block @ emb[b : b + chunk].T
             if a == b:  # the diagonal block: each pair once, not an image with itself
-                sims = np.triu(sims, k=1)
+                sims = np.triu(sims, k=1) - np.tril(np.ones_like(sims))
             i, j = np.nonzero(sims >= threshold)
-            pairs.extend(
-                (a + int(x), b + int(y), float(sims[x, y])) for x, y in zip(i, j) if a + x != b + y
-            )
-    pairs.sort(key=lambda p: (-p[2], p[0], p[1]))
-    return pairs
+            found.append(np.stack([i + a, j + b, sims[i, j]], axis=1).astype(np.float64))
+            kept += len(i)
+            if kept > 2 * max_pairs:
+                found, kept = [_most_similar(np.concatenate(found), max_pairs)], max_pairs
+    pairs = _most_similar(np.concatenate(found) if found else np.zeros((0, 3)), max_pairs)
+    order = np.lexsort((pairs[:, 1], pairs[:, 0], -pairs[:, 2]))
+    return [(int(i), int(j), float(s)) for i, j, s in pairs[order]]
+
+
+def _most_similar(pairs: np.ndarray, k: int) -> np.ndarray:
+    if len(pairs) <= k:
+        return pairs
+    return pairs[np.argpartition(-pairs[:, 2], k - 1)[:k]]
 
 
 class UnionFind:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
+from trainer import runtime
 from trainer.config import ModelConfig
 from trainer.data.badfiles import default_workers
 from trainer.data.loaders import make_loader
@@ -88,7 +89,8 @@ def file_hashes(path: str) -> tuple[str, str]:
     return hashlib.sha256(data).hexdigest(), pixels.hexdigest()
 
 
-def all_hashes(paths: list[str], workers: int | None = None) -> list[tuple[str, str]]:
+def all_hashes(paths: list[str], accelerator, workers: int | None = None) -> list[tuple[str, str]]:
     """file_hashes of every path, in threads (decoding and hashing release the GIL)."""
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        return list(pool.map(file_hashes, paths))
+        hashes = pool.map(file_hashes, paths)
+        return list(runtime.progress(hashes, "hashes", accelerator, total=len(paths)))

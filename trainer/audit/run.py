@@ -51,7 +51,7 @@ def run_audit(opts: AuditOptions) -> dict[str, Any] | None:
         emb = embed(rows, backbone, pre, opts.batch_size, workers, accelerator)
         if not accelerator.is_main_process:
             return None
-        found = analyse(rows, emb, opts)
+        found = analyse(rows, emb, opts, accelerator)
         summary = summarize(index, rows, found, opts, source)
         write_outputs(opts.out, index.root, rows, found, summary)
         write_groups(
@@ -65,11 +65,11 @@ def run_audit(opts: AuditOptions) -> dict[str, Any] | None:
         runtime.shutdown(accelerator)
 
 
-def analyse(rows: Rows, emb: np.ndarray, opts: AuditOptions) -> dict[str, Any]:
+def analyse(rows: Rows, emb: np.ndarray, opts: AuditOptions, accelerator) -> dict[str, Any]:
     """Every finding, by row number of `rows`."""
     from trainer.audit import labels, outliers
 
-    exact = duplicates.exact_groups(all_hashes(rows.paths))
+    exact = duplicates.exact_groups(all_hashes(rows.paths, accelerator))
     near = duplicates.near_pairs(duplicates.whiten(emb), opts.threshold)
     pairs = duplicates.all_pairs(exact, near, rows.splits)
     n_classes = len(rows.class_names)
@@ -154,6 +154,12 @@ def summary_lines(summary: dict[str, Any], out: Path) -> list[str]:
     }.items():
         if leak.get(key):
             lines.append(f"leakage: {leak[key]} {a} images have a near-copy in {b}")
+    if dup["near_pairs"] > sum(images.values()):
+        lines.append(
+            "note: more near pairs than images: the backbone sees the images of a class as alike "
+            "(a model trained on few classes does); look at duplicates.csv, raise --threshold, "
+            "or audit with a pretrained backbone"
+        )
     lines.append(f"label issues: {summary['label_issues']['suspects']} suspected")
     lines.append(f"outliers and odd images: {summary['outliers']}")
     lines.append(
