@@ -22,7 +22,8 @@ NAME_CHARS = 30  # a file name longer than this is shortened in the middle
 
 
 def _thumb(path: str | Path) -> np.ndarray:
-    """uint8 THUMB x THUMB x 3: the image fitted in a white square; grey if it cannot be read."""
+    """uint8 THUMB x THUMB x 3: the image scaled to fit a white square (a small image scaled up,
+    with its pixels kept sharp); grey if it cannot be read."""
     from PIL import Image
 
     from trainer.data.transforms import load_rgb
@@ -30,9 +31,11 @@ def _thumb(path: str | Path) -> np.ndarray:
     square = Image.new("RGB", (THUMB, THUMB), (255, 255, 255))
     try:
         img = load_rgb(path)
-        img.thumbnail((THUMB, THUMB))
     except (OSError, ValueError, Image.DecompressionBombError):
         return np.full((THUMB, THUMB, 3), 128, dtype=np.uint8)
+    scale = THUMB / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    img = img.resize(size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
     square.paste(img, ((THUMB - img.width) // 2, (THUMB - img.height) // 2))
     return np.asarray(square)
 
@@ -134,7 +137,7 @@ def outliers_png(rows: Sequence[Mapping], paths: Sequence[str | Path], out: Path
     shown = list(rows)[:MAX_TILES]
     tiles = [_thumb(paths[r["row"]]) for r in shown]
     captions = [
-        "\n".join(textwrap.wrap(r["reason"], 34, max_lines=3, placeholder=" …"))
+        "\n".join(textwrap.wrap(r["reason"], 34, max_lines=4, placeholder=" …"))
         + f"\n{_short(paths[r['row']])}"
         for r in shown
     ]

@@ -96,8 +96,8 @@ def embedding_outliers(
             "row": int(r),
             "score": round(float(z[r]), 2),
             "reason": (
-                f"far from every class: cosine distance {dist[r]:.2f} to its {K_NEAREST} nearest "
-                f"images (typical {median:.2f}; the nearest is of class {y[nearest[r]]})"
+                f"far from every class: cosine distance {dist[r]:.2f} to the {K_NEAREST} nearest "
+                f"images (typical {median:.2f}; nearest: class {y[nearest[r]]})"
             ),
         }
         for r in rows
