@@ -234,3 +234,21 @@ def test_cli_scan_of_a_class_folder_link_exits_2_with_one_line(tmp_path):
         f"trainer scan: error: {root / 'c2link'}/ and {root / 'c2'}/ are the same folder: "
         "remove one link\n"
     )
+
+
+def test_an_unfinished_run_saved_before_data_layout_existed_continues(tmp_path):
+    """Runs saved by a version without data.layout read their folder as layout=auto does: they
+    continue; a changed layout is still refused."""
+    from trainer.config import ConfigError, RunConfig, dump_yaml
+    from trainer.train.resume import _check_same_settings
+
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000001"
+    saved = tmp_path / "run" / "config.yaml"
+    saved.parent.mkdir()
+    saved.write_text(dump_yaml(RunConfig()).replace("  layout: auto\n", ""))
+    assert "layout" not in saved.read_text()
+    _check_same_settings(RunConfig(), checkpoint)
+    classes = RunConfig()
+    classes.data.layout = "classes"
+    with pytest.raises(ConfigError, match="data.layout: 'auto' -> 'classes'"):
+        _check_same_settings(classes, checkpoint)

@@ -46,8 +46,9 @@ FREE_KEYS = (
     "train.eval_batch_size",
 )
 # Keys added after runs were saved without them, with the value those runs had: a change of
-# data.group_duplicates (it shapes the split) is refused, a config from before it existed is not.
-ADDED_KEYS = {"data.group_duplicates": False}
+# data.layout or data.group_duplicates (they shape the split) is refused, a config from before
+# the key existed is not (those runs read their folder as data.layout=auto does).
+ADDED_KEYS = {"data.layout": "auto", "data.group_duplicates": False}
 
 
 @dataclass
