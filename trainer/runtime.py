@@ -1,4 +1,5 @@
-"""Process-level concerns: worker counts, provenance of a run, clean distributed shutdown."""
+"""Process-level concerns: the accelerator for one process or a launch, processes per machine,
+versions and provenance of a run, progress bars, clean distributed shutdown."""
 
 from __future__ import annotations
 
