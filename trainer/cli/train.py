@@ -122,6 +122,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(
             f"\ndemo: test accuracy {summary['test_accuracy']:.2%} on {summary['test_samples']} held-out digits\n"
             f"model folder: {summary['model_dir']}\n"
-            f"try: trainer predict {summary['model_dir']} {folder}/3 --out {args.output_dir}/predictions.csv"
+            f"try: trainer predict {summary['model_dir']} {folder}/3 --out {args.output_dir}/predict-3.csv"
         )
     return 0
