@@ -10,7 +10,7 @@ from accelerate import Accelerator
 
 from trainer import runtime
 from trainer.data.loaders import nhwc
-from trainer.evaluation import metrics
+from trainer.evaluation import calibration, metrics
 
 
 @torch.no_grad()
@@ -44,18 +44,32 @@ def evaluate(
     desc: str = "eval",
     channels_last: bool = False,
     transform=None,
+    temperature: float = 1.0,
+    keep_logits: bool = False,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Metrics over `loader`, each sample once, and the gathered per-sample predictions
-    (topk, label, loss, confidence, index) for reports and galleries."""
+    (topk, label, loss, confidence, index; with `keep_logits` also the float32 logits) for
+    reports and galleries.
+
+    Loss, confidence and calibration error are those of the probabilities softmax(logits / T)
+    (`temperature` T: the model folder's calibration); a model returning (B, V, C) logits of V
+    views per image (test-time augmentation) is scored on its views' averaged probabilities."""
     k = min(5, num_classes)
 
     def per_sample(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, ...]:
-        loss = F.cross_entropy(logits, batch["label"], reduction="none")
-        confidence = logits.softmax(dim=1).max(dim=1).values
-        top = logits.topk(k, dim=1).indices
-        return top, batch["label"], loss, confidence, batch["index"]
+        label = batch["label"]
+        if temperature == 1.0 and logits.dim() == 2:  # the raw softmax, as training's val sees it
+            loss = F.cross_entropy(logits, label, reduction="none")
+            confidence = logits.softmax(dim=1).max(dim=1).values
+            top = logits.topk(k, dim=1).indices
+        else:
+            p = calibration.probabilities(logits, temperature)
+            loss = F.nll_loss(p.clamp_min(torch.finfo(p.dtype).tiny).log(), label, reduction="none")
+            confidence, top = p.max(dim=1).values, p.topk(k, dim=1).indices
+        kept = (logits,) if keep_logits else ()
+        return top, label, loss, confidence, batch["index"], *kept
 
-    keys = ("topk", "label", "loss", "confidence", "index")
+    keys = ("topk", "label", "loss", "confidence", "index") + (("logits",) if keep_logits else ())
     parts: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
     batches = forward_gather(model, loader, accelerator, per_sample, desc, channels_last, transform)
     for gathered, _ in batches:

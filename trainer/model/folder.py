@@ -1,7 +1,8 @@
 """The model folder a run leaves behind: model.safetensors + config.json, saved whole, loaded alone.
 
-config.json holds the architecture, the class names and the preprocessing: all that `trainer
-predict`, `eval` and `export` need, with no network and no training config. Loading checks every
+config.json holds the architecture, the class names, the preprocessing and, once training has
+fitted it on val, the calibration (a softmax temperature): all that `trainer predict`, `eval` and
+`export` need, with no network and no training config. Loading checks every
 field and the weights themselves, so a hand-edited or damaged folder is a one-line ModelError.
 """
 
@@ -20,7 +21,7 @@ from torchvision.transforms import InterpolationMode
 from trainer.config import RANGES, ConfigError, ModelConfig
 from trainer.data.transforms import Preprocessing
 from trainer.errors import writing
-from trainer.files import apply_umask
+from trainer.files import apply_umask, write_text_atomic
 from trainer.model.classifier import Classifier, build_model
 from trainer.model.safeload import ModelError, load_safetensors
 
@@ -30,6 +31,8 @@ REWRITE = "was it edited by hand? Use the config.json the training run wrote"
 # What training can write: data.image_size's range; a resize up to twice the crop.
 IMAGE_SIZES = (RANGES["DataConfig.image_size"].low, RANGES["DataConfig.image_size"].high)
 RESIZE_SIZES = (IMAGE_SIZES[0], 2 * IMAGE_SIZES[1])
+# What a temperature fitted on val can be (calibration.fit_temperature searches inside it).
+TEMPERATURES = (0.01, 100.0)
 
 
 def save_model_folder(
@@ -122,6 +125,20 @@ def load_for_inference(folder: str | Path) -> tuple[Classifier, dict[str, Any], 
     return model, meta, Preprocessing.from_dict(meta["preprocessing"])
 
 
+def write_calibration(folder: Path, calibration: dict[str, Any]) -> None:
+    """Add the fitted calibration ({"temperature": T, ...}) to the folder's config.json, which
+    is replaced whole (the weights are untouched)."""
+    meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    meta["calibration"] = calibration
+    write_text_atomic(folder / "config.json", json.dumps(meta, indent=2, ensure_ascii=False))
+
+
+def temperature(meta: dict[str, Any]) -> float:
+    """The softmax temperature predict, eval and export apply: the fitted one, else 1 (a model
+    trained without a val split, or saved before calibration existed)."""
+    return float(meta.get("calibration", {}).get("temperature", 1.0))
+
+
 def _is_model_folder(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
@@ -169,7 +186,20 @@ def read_model_meta(meta_path: Path) -> dict[str, Any]:
     if arch["head"] not in ("linear", "mlp"):
         raise ModelError(f"{meta_path}: architecture.head must be linear or mlp; {REWRITE}")
     _check_preprocessing(pre, meta_path)
+    _check_calibration(meta.get("calibration", {}), meta_path)
     return meta
+
+
+def _check_calibration(calibration: Any, meta_path: Path) -> None:
+    t = calibration.get("temperature", 1.0) if isinstance(calibration, dict) else None
+    ok = (
+        isinstance(t, (int, float)) and math.isfinite(t) and TEMPERATURES[0] <= t <= TEMPERATURES[1]
+    )
+    if not ok:
+        raise ModelError(
+            f"{meta_path}: calibration.temperature must be a number in "
+            f"[{TEMPERATURES[0]}, {TEMPERATURES[1]}]; {REWRITE}"
+        )
 
 
 def _check_preprocessing(pre: Preprocessing, meta_path: Path) -> None:
