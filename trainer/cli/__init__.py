@@ -1,8 +1,8 @@
 """`trainer` command line: train, eval, predict, scan, audit, export, weights, config,
 recipes, demo, bench.
 
-Each command's flags and help are beside its code (cli/train.py, model.py, scan.py, audit.py, bench.py);
-here are the table of commands, --version and the one error boundary: mistakes in what the user
+Each command's flags and help are beside its code (cli/train.py, model.py,
+export.py, scan.py, audit.py, bench.py); here are the table of commands, --version and the one error boundary: mistakes in what the user
 typed (config keys, paths, folders) end with exit code 2 and one line naming the bad value,
 never a traceback.
 """
@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
-from trainer.cli import audit, bench, model, scan, train
+from trainer.cli import audit, bench, export, model, scan, train
 from trainer.cli.args import is_main
 
 EXIT_USAGE = 2
@@ -57,7 +57,7 @@ _TABLE: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Command]] 
     "train": (train.add_train, train.cmd_train),
     "eval": (model.add_eval, model.cmd_eval),
     "predict": (model.add_predict, model.cmd_predict),
-    "export": (model.add_export, model.cmd_export),
+    "export": (export.add_export, export.cmd_export),
     "weights": (model.add_weights, model.cmd_weights),
     "scan": (scan.add_scan, scan.cmd_scan),
     "audit": (audit.add_audit, audit.cmd_audit),

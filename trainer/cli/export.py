@@ -1,0 +1,44 @@
+"""`trainer export`: a model folder as ONNX or TorchScript for people who do not use PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_export(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "export",
+        help="export a model folder to ONNX or TorchScript, checked against PyTorch",
+        description="Writes OUT/model.onnx (or model.pt), config.json (labels, preprocessing) and "
+        "export.json (the measured max |logit difference| against PyTorch).",
+    )
+    p.add_argument("model_dir", help="a model folder (RUN_DIR/model)")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", help="output folder (default: MODEL_DIR-onnx or MODEL_DIR-torchscript)")
+    p.add_argument(
+        "--images",
+        nargs="*",
+        default=[],
+        metavar="PATH",
+        help="real images (files or folders) for the parity check",
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from trainer.model.export import ParityError, export_model
+
+    out = args.out or f"{str(args.model_dir).rstrip('/')}-{args.format}"
+    try:
+        result = export_model(args.model_dir, args.format, out, args.images)
+    except ParityError as e:  # the export was made but does not match: a failure, not a mistake
+        print(f"trainer export: error: {e}", file=sys.stderr)
+        return 1
+    parity = result["parity"]
+    print(
+        f"{result['format']} model -> {Path(out) / result['file']}\n"
+        f"parity on {parity['inputs']}: max |logit difference| {parity['max_abs_diff']:.2e} "
+        f"(allowed {parity['atol']:g}), same top-1: {result['same_top1']}"
+    )
+    return 0
