@@ -1,10 +1,10 @@
 """`trainer` command line: train, eval, predict, scan, audit, export, weights, config,
 recipes, demo, bench.
 
-Each command's flags and help are beside its code (cli/train.py, model.py,
-export.py, scan.py, audit.py, bench.py); here are the table of commands, --version and the one error boundary: mistakes in what the user
-typed (config keys, paths, folders) end with exit code 2 and one line naming the bad value,
-never a traceback.
+Each command's flags and help are beside its code (cli/train.py, model.py, export.py, scan.py,
+audit.py, bench.py); here are the table of commands, --version and the one error boundary:
+mistakes in what the user typed (config keys, paths, folders) end with exit code 2 and one line
+naming the bad value, never a traceback.
 """
 
 from __future__ import annotations
