@@ -32,6 +32,9 @@ class Selector:
     class_names: list[str]
     pre: Preprocessing
     patience: int | None  # train.early_stopping_patience
+    # Which mirror images training showed the model (data.augment and data.hflip/vflip):
+    # test-time augmentation mirrors only the way the model was trained to see.
+    flips: dict[str, bool]
 
     def keep_best(
         self, progress: Progress, model: nn.Module, ema: ModelEMA | NoEMA, val: dict, ema_val: dict
@@ -73,6 +76,7 @@ class Selector:
                     "val_loss": val.get("loss"),
                 },
                 "trainer_version": runtime.package_version("trainer"),
+                "trained_flips": self.flips,
             }
             save_model_folder(model, self.folder, self.model_cfg, self.class_names, self.pre, extra)
         self.accelerator.wait_for_everyone()

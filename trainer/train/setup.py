@@ -112,6 +112,10 @@ def setup(
             index.class_names,
             pre,
             cfg.train.early_stopping_patience,
+            {
+                "horizontal": cfg.data.augment and cfg.data.hflip,
+                "vertical": cfg.data.augment and cfg.data.vflip,
+            },
         ),
     )
     return ctx, start, model
