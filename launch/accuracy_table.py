@@ -1,15 +1,21 @@
 """Measure the accuracy switches on real data sets that installed packages ship (no network).
 
     .venv/bin/python launch/accuracy_table.py [--seeds 0 1 2] [--out runs/accuracy]
+    .venv/bin/python launch/accuracy_table.py --decisions [--seeds 0 1 2]
 
 For each data set, trains the same recipe without and with the switches, once per seed, on
 this machine (CPU or GPU), and prints a markdown table of test accuracy (mean +- std).
+With --decisions: trains the recipe only and prints, per data set, the test split's calibration
+(ECE and NLL of the raw softmax and after the temperature fitted on val, from report.json) and
+what test-time augmentation gains (`trainer eval --tta` on the same test images).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -71,6 +77,66 @@ def train(base: list[str], extra: list[str], data: Path, out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+def test_folder(run: Path, data: Path) -> Path:
+    """RUN/test-images/CLASS/FILE: links to the run's test split (splits.csv), a folder that
+    `trainer eval` scores whole."""
+    folder = run / "test-images"
+    with open(run / "splits.csv", newline="", encoding="utf-8") as f:
+        for i, row in enumerate(r for r in csv.DictReader(f) if r["split"] == "test"):
+            link = folder / row["label"] / f"{i:05d}{Path(row['path']).suffix}"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                os.symlink((data / row["path"]).resolve(), link)
+    return folder
+
+
+def eval_accuracy(run: Path, data: Path, *flags: str) -> float:
+    """`trainer eval RUN/model` on the run's test images with `flags`: the accuracy."""
+    out = run / f"eval{''.join(flags).replace('-', '_')}.json"
+    cmd = [sys.executable, "-m", "trainer", "eval", str(run / "model"), str(test_folder(run, data))]
+    proc = subprocess.run([*cmd, *flags, "--json", str(out)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)} {' '.join(flags)}\n{proc.stderr[-3000:]}")
+    return json.loads(out.read_text())["accuracy"]
+
+
+def decisions(args: argparse.Namespace, out: Path) -> None:
+    """Per data set and seed: test ECE/NLL raw and calibrated, accuracy without and with TTA."""
+    keys = ("ece_before", "ece_after", "nll_before", "nll_after", "plain", "tta")
+    rows = []
+    for name, (builder, base) in DATASETS.items():
+        if args.only and args.only not in name:
+            continue
+        data = builder(out / "data" / builder.__name__.removeprefix("write_"))
+        per_seed: dict[str, list[float]] = {k: [] for k in (*keys, "temperature")}
+        for seed in args.seeds:
+            run = (
+                out
+                / "decisions"
+                / builder.__name__.removeprefix("write_")
+                / f"{len(rows)}-seed{seed}"
+            )
+            summary = train(base, [f"train.seed={seed}"], data, run)
+            cal = json.loads((run / "report.json").read_text())["decisions"]["calibration"]
+            numbers = {k: cal[k] for k in keys[:4]} | {"temperature": summary["temperature"]}
+            numbers |= {"plain": eval_accuracy(run, data), "tta": eval_accuracy(run, data, "--tta")}
+            print(f"{name} | seed {seed}: {numbers}", flush=True)
+            for k, v in numbers.items():
+                per_seed[k].append(v)
+        rows.append((name, {k: statistics.mean(v) for k, v in per_seed.items()}, len(args.seeds)))
+    print(
+        "\n| data set | seeds | temperature | test ECE raw -> calibrated | test NLL raw -> calibrated "
+        "| test accuracy | with --tta | TTA gain |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, m, n in rows:
+        print(
+            f"| {name} | {n} | {m['temperature']:.2f} | {m['ece_before']:.4f} -> {m['ece_after']:.4f} "
+            f"| {m['nll_before']:.4f} -> {m['nll_after']:.4f} | {m['plain']:.2%} | {m['tta']:.2%} "
+            f"| {(m['tta'] - m['plain']) * 100:+.2f} points |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -78,8 +144,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", help="run only the data sets whose name contains this text")
     parser.add_argument("--out", default="runs/accuracy")
+    parser.add_argument(
+        "--decisions",
+        action="store_true",
+        help="calibration and test-time augmentation instead of the switches",
+    )
     args = parser.parse_args()
     out = Path(args.out)
+    if args.decisions:
+        decisions(args, out)
+        return
     rows = []
     for name, (builder, base) in DATASETS.items():
         if args.only and args.only not in name:
