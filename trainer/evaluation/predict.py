@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +24,26 @@ from trainer import runtime
 from trainer.data import loaders, walk
 from trainer.data.badfiles import check_file
 from trainer.data.transforms import Preprocessing, eval_transform, load_rgb
+from trainer.evaluation import calibration
 from trainer.evaluation.evaluate import forward_gather
+from trainer.evaluation.tta import Views, model_views, views_transform
 from trainer.files import write_text_atomic
-from trainer.model.folder import load_for_inference
+from trainer.model.folder import load_for_inference, temperature
+from trainer.model.safeload import ModelError
+
+# What --min-confidence writes as the label of an image below it (--unknown-label).
+UNKNOWN = "unknown"
 
 
 class _PathDataset(Dataset):
-    """Images by path; an unreadable file yields ok=0 instead of raising."""
+    """Images by path, as eval_transform's (3, S, S) or, with `views` (--tta), views_transform's
+    (V, 3, S, S); an unreadable file yields zeros of that shape and ok=0 instead of raising."""
 
-    def __init__(self, paths: list[str], pre: Preprocessing):
-        self.paths, self.pre, self.transform = paths, pre, eval_transform(pre)
+    def __init__(self, paths: list[str], pre: Preprocessing, views: Sequence[str] | None = None):
+        self.paths, self.pre = paths, pre
+        self.transform = eval_transform(pre) if views is None else views_transform(pre, views)
+        size = pre.image_size
+        self.shape = (3, size, size) if views is None else (len(views), 3, size, size)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -41,10 +52,9 @@ class _PathDataset(Dataset):
         try:
             pixels, ok, error = self.transform(load_rgb(self.paths[i])), 1, ""
         except Exception as e:  # any decode failure: report the file, keep going
-            size = self.pre.image_size
             # the reason in `trainer scan`'s words ("empty file (0 bytes)"), as eval gives it
             reason = check_file(self.paths[i]) or f"{type(e).__name__}: {e}"
-            pixels, ok, error = torch.zeros(3, size, size), 0, reason
+            pixels, ok, error = torch.zeros(self.shape), 0, reason
         return {"pixel_values": pixels, "index": i, "ok": ok, "error": error}
 
 
@@ -63,28 +73,49 @@ def expand_paths(paths: list[str]) -> list[str]:
 
 
 def predict_paths(
-    model_dir: str | Path, paths: list[str], topk: int, batch_size: int, workers: int | None
+    model_dir: str | Path,
+    paths: list[str],
+    topk: int,
+    batch_size: int,
+    workers: int | None,
+    *,
+    calibrated: bool = True,
+    tta: bool = False,
+    min_confidence: float | None = None,
+    unknown_label: str = UNKNOWN,
 ) -> tuple[list[dict], list[tuple[str, str]]]:
     """Top-k labels and probabilities per readable image, sorted by path, plus (path, reason)
-    for the unreadable ones."""
+    for the unreadable ones.
+
+    Probabilities are softmax(logits / T), T the model folder's temperature (1 when not
+    `calibrated`), averaged over the model's views with `tta`; with `min_confidence`, an
+    image whose top probability is below it gets `unknown_label` as its label."""
     accelerator = runtime.make_accelerator()
     try:
         model, meta, pre = load_for_inference(model_dir)
-        model = accelerator.prepare(model)
         names = meta["class_names"]
+        if min_confidence is not None:
+            check_unknown_label(unknown_label, names, model_dir)
+        views = model_views(meta) if tta else None
+        model = accelerator.prepare(model if views is None else Views(model))
         files = expand_paths(paths)
         if not files:
             raise FileNotFoundError(f"no images found in {paths}")
         k = max(1, min(topk, len(names)))
         n_workers = loaders.auto_num_workers(workers, runtime.local_world_size(accelerator))
         loader = accelerator.prepare(
-            DataLoader(_PathDataset(files, pre), batch_size=batch_size, num_workers=n_workers)
+            DataLoader(
+                _PathDataset(files, pre, views), batch_size=batch_size, num_workers=n_workers
+            )
         )
-        top, bad = _top_k(model, loader, accelerator, k)
+        t = temperature(meta) if calibrated else 1.0
+        top, bad = _top_k(model, loader, accelerator, k, t)
         rows = [
             {"path": files[i], "labels": [names[j] for j in labels], "probabilities": probs}
             for i, labels, probs in top
         ]
+        if min_confidence is not None:
+            mark_unknown(rows, min_confidence, unknown_label)
         bad = sorted({(files[i], e) for part in gather_object([bad]) for i, e in part})
         rows.sort(key=lambda r: r["path"])
         return rows, bad
@@ -92,14 +123,31 @@ def predict_paths(
         runtime.shutdown(accelerator)
 
 
+def check_unknown_label(label: str, class_names: list[str], model_dir: str | Path) -> None:
+    """Refuse an "unknown" word that is also a class: the label column would be ambiguous."""
+    if label in class_names:
+        raise ModelError(
+            f"--unknown-label {label!r} is also a class of {model_dir}: a {label!r} row would be "
+            f"ambiguous; pick another word, e.g. --unknown-label {label}_other"
+        )
+
+
+def mark_unknown(rows: list[dict], min_confidence: float, label: str) -> None:
+    """Label `label` every row whose top probability is below `min_confidence` (the
+    probabilities and the other labels stay)."""
+    for r in rows:
+        if r["probabilities"][0] < min_confidence:
+            r["labels"][0] = label
+
+
 def _top_k(
-    model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, k: int
+    model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, k: int, temperature: float
 ) -> tuple[list[tuple[int, list[int], list[float]]], list[tuple[int, str]]]:
     """(index, top-k classes, their probabilities) of every readable image, gathered from all
     processes; and this process's (index, reason) of the unreadable ones."""
 
     def probabilities(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, ...]:
-        p, idx = logits.softmax(dim=1).topk(k, dim=1)
+        p, idx = calibration.probabilities(logits, temperature).topk(k, dim=1)
         return p, idx, batch["index"], batch["ok"]
 
     top, bad = [], []
