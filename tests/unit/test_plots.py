@@ -95,3 +95,31 @@ def test_denormalize_inverts_normalization():
     assert plots.denormalize(normalized, pre)[0, 0].tolist() == pytest.approx(
         [128, 128, 128], abs=1
     )
+
+
+def _decisions(classes, n=200, seed=0):
+    import torch
+
+    from trainer.evaluation.report import decisions
+
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    logits = 3 * (torch.randn(n, classes, generator=g) + 2 * torch.eye(classes)[labels])
+    return decisions(logits, labels, [f"class {i}" for i in range(classes)], 2.0)
+
+
+def test_decision_plots_png(tmp_path):
+    from trainer.evaluation import decision_plots
+
+    d = _decisions(3)
+    _png(decision_plots.reliability(d["calibration"], tmp_path / "rel.png"), (1200, 500))
+    _png(decision_plots.roc_pr(d["roc_pr"], tmp_path / "roc.png"), (1200, 550))
+    _png(decision_plots.coverage(d["coverage"], tmp_path / "cov.png"), (700, 500))
+
+
+def test_roc_pr_plot_of_many_classes_draws_the_lowest_aucs(tmp_path):
+    from trainer.evaluation import curves, decision_plots
+
+    d = _decisions(25, n=500)
+    assert len(d["roc_pr"]["curves"]) == curves.CURVES_SHOWN
+    _png(decision_plots.roc_pr(d["roc_pr"], tmp_path / "roc.png"), (1200, 550))

@@ -66,3 +66,61 @@ def test_markdown_has_overall_and_per_class_tables():
     assert "| balanced accuracy (mean recall) |" in text and "| 猫 | 0 |" in text
     assert "![confusion matrix](plots/confusion_matrix.png)" in text
     assert report["most_confused"][0]["count"] == 1 and not math.isnan(report["overall"]["ece"])
+
+
+def _write(tmp_path, classes, decide=True, n=60, seed=0):
+    """write_report on random predictions of a classifier (logits x 10: overconfident)."""
+    import json
+
+    from trainer.evaluation import calibration
+    from trainer.evaluation.report import decisions, write_report
+
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, len(classes), (n,), generator=g)
+    logits = 10 * (torch.randn(n, len(classes), generator=g) + 2 * torch.eye(len(classes))[labels])
+    probs = calibration.probabilities(logits)
+    topk = probs.topk(min(5, len(classes)), dim=1).indices
+    m = classification_metrics(topk, labels, torch.zeros(n), len(classes), probs.max(1).values)
+    d = None
+    if decide:
+        d = decisions(logits, labels, classes, calibration.fit_temperature(logits, labels))
+    written = write_report(tmp_path, m, classes, [], decisions=d, split="test")
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    return written, report, (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_decisions_add_their_sections_and_plots_to_the_report(tmp_path):
+    written, report, md = _write(tmp_path, ["cat", "dog", "fox"])
+    for name in ("reliability", "roc_pr", "coverage"):
+        assert written[name] == tmp_path / "plots" / f"{name}.png" and written[name].stat().st_size
+        assert f"(plots/{name}.png)" in md
+    assert report["calibration"]["temperature"] > 1  # the logits were made overconfident
+    assert report["calibration"]["nll_after"] < report["calibration"]["nll_before"]
+    assert len(report["roc_pr"]["per_class"]) == 3 and report["coverage"]["images"] == 60
+    assert "thresholds" not in report and "## Thresholds" not in md
+    for section in ("## Calibration", "## Coverage", "## ROC and precision-recall"):
+        assert section in md
+    assert "--min-confidence P" in md and "| macro mean (3 classes) |" in md
+    cal = report["calibration"]
+    assert f"| {cal['nll_before']:.4f} | {cal['nll_after']:.4f} |" in md
+    assert "| 0 (all) | 60 | 100.0% |" in md
+    for row in report["coverage"]["table"][1:]:
+        assert f"| {row['threshold']:g} | {row['answered']} | {row['share']:.1%} |" in md
+
+
+def test_two_classes_get_the_threshold_table_of_the_second_class(tmp_path):
+    _, report, md = _write(tmp_path, ["straight", "tilted"])
+    assert report["thresholds"]["positive"] == "tilted"
+    assert "## Thresholds for tilted" in md and "| t | called tilted | precision | recall |" in md
+    assert len(report["thresholds"]["table"]) == 9
+
+
+def test_without_decisions_the_report_is_what_it_was(tmp_path):
+    written, report, md = _write(tmp_path, ["cat", "dog", "fox"], decide=False)
+    assert set(written) == {"confusion_matrix", "mistakes"}
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "confusion_matrix.png",
+        "mistakes.png",
+    ]
+    assert not {"calibration", "roc_pr", "coverage", "thresholds"} & set(report)
+    assert "## Calibration" not in md and "## Coverage" not in md and "ROC" not in md

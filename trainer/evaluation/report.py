@@ -15,10 +15,16 @@ from typing import Any
 
 import torch
 
-from trainer.evaluation import plots
+from trainer.evaluation import calibration, curves, decision_plots, plots
 from trainer.files import write_text_atomic
 
 MISTAKES_SHOWN = 16
+# The plots of report.decisions, relative to the report's folder.
+DECISION_PLOTS = {
+    "reliability": "plots/reliability.png",
+    "roc_pr": "plots/roc_pr.png",
+    "coverage": "plots/coverage.png",
+}
 
 
 def confident_mistakes(
@@ -128,13 +134,133 @@ def build_report(
     }
 
 
+def decisions(
+    logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], temperature: float
+) -> dict[str, Any]:
+    """What a threshold is chosen from, for one split: calibration before/after T, per-class
+    ROC and PR, coverage vs accuracy and, for two classes, the positive class's thresholds;
+    on the probabilities `predict` gives, calibration.probabilities(logits, temperature)."""
+    probs = calibration.probabilities(logits, temperature)
+    out = {
+        "calibration": calibration.summary(logits, labels, temperature),
+        "roc_pr": curves.roc_pr(probs, labels, class_names),
+        "coverage": curves.coverage(probs, labels),
+    }
+    if len(class_names) == 2:
+        out["thresholds"] = curves.binary_thresholds(probs, labels, class_names)
+    return out
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _na(v: float | None, pattern: str = "{:.4f}") -> str:
+    return "n/a" if v is None else pattern.format(v)
+
+
+def _calibration_md(cal: dict) -> list[str]:
+    t = cal["temperature"]
+    return [
+        "## Calibration",
+        "",
+        f"Temperature scaling divides the logits by T = {t:.4g} before the softmax (T is "
+        "fitted on the val split after training; with one view per image it changes no top-1 "
+        "answer). Lower is better for both: NLL is the mean -log of the probability given to "
+        "the true class; ECE the gap between confidence and accuracy, so with a small ECE an "
+        "answer given with 0.9 is right about 9 times in 10.",
+        "",
+        f"| on this split | before (T = 1) | after (T = {t:.4g}) |",
+        "|---|---:|---:|",
+        f"| negative log-likelihood | {cal['nll_before']:.4f} | {cal['nll_after']:.4f} |",
+        f"| expected calibration error (15 bins) | {cal['ece_before']:.4f} "
+        f"| {cal['ece_after']:.4f} |",
+        "",
+        f"![reliability diagram]({DECISION_PLOTS['reliability']})",
+        "",
+    ]
+
+
+def _coverage_md(cov: dict) -> list[str]:
+    lines = [
+        "## Coverage",
+        "",
+        "Answering only the images whose top (calibrated) probability is at least P, as "
+        "`trainer predict --min-confidence P` does (it writes `unknown` for the others): how "
+        "many are answered and how accurate those answers are. Pick P from this table.",
+        "",
+        "| P | answered | share | accuracy of the answered |",
+        "|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['threshold']:g}{' (all)' if r['threshold'] == 0 else ''} | {r['answered']} "
+        f"| {r['share']:.1%} | {_na(r['accuracy'])} |"
+        for r in cov["table"]
+    ]
+    return lines + ["", f"![coverage vs accuracy]({DECISION_PLOTS['coverage']})", ""]
+
+
+def _roc_pr_md(roc: dict) -> list[str]:
+    lines = [
+        "## ROC and precision-recall",
+        "",
+        "Each class against the rest, on the calibrated probabilities: ROC-AUC 1 ranks every "
+        "image of the class above the others, 0.5 is chance; PR-AUC (average precision) is "
+        "the one to read for a rare class. n/a: the split has no image of the class, or only "
+        "images of it.",
+        "",
+        "| class | images | ROC-AUC | PR-AUC |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['class']} | {r['positives']} | {_na(r['roc_auc'])} | {_na(r['pr_auc'])} |"
+        for r in roc["per_class"]
+    ]
+    lines.append(
+        f"| macro mean ({roc['classes_defined']} classes) | | {_na(roc['macro_roc_auc'])} "
+        f"| {_na(roc['macro_pr_auc'])} |"
+    )
+    return lines + ["", f"![ROC and precision-recall]({DECISION_PLOTS['roc_pr']})", ""]
+
+
+def _thresholds_md(th: dict) -> list[str]:
+    name = th["positive"]
+    lines = [
+        f"## Thresholds for {name}",
+        "",
+        f"Two classes: `{name}` (the second class) is the positive one. Calling an image "
+        f"`{name}` when its probability of `{name}` is at least t ({th['positives']} images "
+        f"of this split are `{name}`); n/a: no image called `{name}`.",
+        "",
+        f"| t | called {name} | precision | recall |",
+        "|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['threshold']:g} | {r['predicted_positive']} | {_na(r['precision'])} "
+        f"| {_na(r['recall'])} |"
+        for r in th["table"]
+    ]
+    return lines + [""]
+
+
+def _decisions_md(report: dict) -> list[str]:
+    """The sections of report.decisions, where the report has them."""
+    lines = [""]
+    if "calibration" in report:
+        lines += _calibration_md(report["calibration"])
+    if "coverage" in report:
+        lines += _coverage_md(report["coverage"])
+    if "roc_pr" in report:
+        lines += _roc_pr_md(report["roc_pr"])
+    if "thresholds" in report:
+        lines += _thresholds_md(report["thresholds"])
+    return lines[:-1] if len(lines) > 1 else []
+
+
 def render_markdown(report: dict, plot_files: dict[str, str]) -> str:
-    """report.md: the overall and per-class tables, the most confused pairs, the plots
-    ({title: path}) and the most confident mistakes."""
+    """report.md: the overall and per-class tables, the most confused pairs, the sections of
+    report.decisions where the report holds them, the plots ({title: path}) and the most
+    confident mistakes."""
     lines = [f"# Evaluation report: {report.get('split', 'eval')} split", ""]
     for key in ("model", "data", "epoch"):
         if key in report:
@@ -166,6 +292,7 @@ def render_markdown(report: dict, plot_files: dict[str, str]) -> str:
         lines += [
             f"| {p['true']} | {p['predicted']} | {p['count']} |" for p in report["most_confused"]
         ]
+    lines += _decisions_md(report)
     if plot_files:
         lines += ["", "## Plots", ""]
         lines += [f"### {title}\n\n![{title}]({path})\n" for title, path in plot_files.items()]
@@ -183,18 +310,29 @@ def render_markdown(report: dict, plot_files: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _decision_plots(folder: Path, decisions: dict) -> dict[str, Path]:
+    draw = {
+        "reliability": (decision_plots.reliability, decisions["calibration"]),
+        "roc_pr": (decision_plots.roc_pr, decisions["roc_pr"]),
+        "coverage": (decision_plots.coverage, decisions["coverage"]),
+    }
+    return {name: plot(data, folder / DECISION_PLOTS[name]) for name, (plot, data) in draw.items()}
+
+
 def write_report(
     folder: Path,
     result: dict,
     class_names: Sequence[str],
     mistakes: list[dict],
     extra_plots: dict[str, str] | None = None,
+    decisions: dict | None = None,
     **context: Any,
 ) -> dict[str, Path]:
     """report.json, report.md, plots/confusion_matrix.png and plots/mistakes.png under `folder`.
 
     `extra_plots` ({title: path relative to folder}) are linked from report.md too.
-    Returns the PNGs written, by name."""
+    `decisions` (report.decisions' dict) adds its sections to report.json and report.md, and
+    the plots reliability.png, roc_pr.png and coverage.png. Returns the PNGs written, by name."""
     folder.mkdir(parents=True, exist_ok=True)
     written = {
         "confusion_matrix": plots.confusion_matrix(
@@ -205,6 +343,9 @@ def write_report(
         ),
     }
     report = build_report(result, class_names, mistakes, **context)
+    if decisions is not None:
+        report.update(decisions)
+        written.update(_decision_plots(folder, decisions))
     (folder / "report.json").write_text(
         json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8"
     )
