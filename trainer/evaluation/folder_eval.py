@@ -7,8 +7,11 @@ left out as training leaves them out, and listed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from trainer import runtime
 from trainer.data import loaders, splits
@@ -18,7 +21,8 @@ from trainer.data.pipelines import pil
 from trainer.data.transforms import eval_transform
 from trainer.evaluation import report
 from trainer.evaluation.evaluate import evaluate
-from trainer.model.folder import load_for_inference
+from trainer.evaluation.tta import Views, model_views, views_transform
+from trainer.model.folder import load_for_inference, temperature
 
 
 def evaluate_folder(
@@ -29,43 +33,79 @@ def evaluate_folder(
     workers: int | None,
     report_dir: str | Path | None = None,
     layout: str = "auto",
+    *,
+    calibrated: bool = True,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Metrics of the model folder on a labelled class-per-folder tree (read as data.layout
-    `layout`), with its class names and the files left out; with `report_dir`, also report.json,
-    report.md, predictions.csv and plots there (main process)."""
+    `layout`), with its class names, the temperature and views used, and the files left out;
+    with `report_dir`, also report.json, report.md, predictions.csv and plots there (main
+    process).
+
+    Probabilities are softmax(logits / T), T the model folder's temperature (1 when not
+    `calibrated`), averaged over the model's views (tta.model_views) with `tta`."""
     accelerator = runtime.make_accelerator()
     try:
         model, meta, pre = load_for_inference(model_dir)
-        model = accelerator.prepare(model)
         names = meta["class_names"]
+        views = model_views(meta) if tta else None
+        model = accelerator.prepare(model if views is None else Views(model))
         items, bad = readable_items(
             splits.labelled_items(data_dir, names, split, layout=layout), data_dir
         )
-        ds = pil.to_hf_dataset(items, names, eval_transform(pre))
+        transform = eval_transform(pre) if views is None else views_transform(pre, views)
+        ds = pil.to_hf_dataset(items, names, transform)
         n_workers = loaders.auto_num_workers(workers, runtime.local_world_size(accelerator))
         loader = loaders.make_loader(ds, batch_size, workers=n_workers)
+        t = temperature(meta) if calibrated else 1.0
+        with_report = report_dir is not None
         result, preds = evaluate(
-            model, accelerator.prepare(loader), accelerator, len(names), "eval"
+            model,
+            accelerator.prepare(loader),
+            accelerator,
+            len(names),
+            "eval",
+            temperature=t,
+            keep_logits=with_report,
         )
-        if report_dir is not None and accelerator.is_main_process:
-            mistakes = report.confident_mistakes(preds, items)
-            report.write_report(
-                Path(report_dir),
-                result,
-                names,
-                mistakes,
-                split=split,
-                model=str(model_dir),
-                data=str(data_dir),
-            )
-            report.write_predictions(
-                Path(report_dir) / "predictions.csv", preds, items, names, data_dir
-            )
+        if with_report and accelerator.is_main_process:
+            context = {"split": split, "model": str(model_dir), "data": str(data_dir)}
+            _write_report(Path(report_dir), result, preds, items, names, t, views, context)
         result["class_names"] = names
+        result["temperature"] = t
+        result["tta_views"] = list(views or ())
         result["bad_files"] = [{"path": p, "reason": r} for p, r in bad]
         return result
     finally:
         runtime.shutdown(accelerator)
+
+
+def _write_report(
+    folder: Path,
+    result: dict,
+    preds: dict[str, torch.Tensor],
+    items: list[tuple[str, int]],
+    names: list[str],
+    temperature: float,
+    views: Sequence[str] | None,
+    context: dict[str, str],
+) -> None:
+    """eval --report: report.json/md with the decisions (calibration, ROC/PR, coverage),
+    predictions.csv and the plots."""
+    decisions = (
+        report.decisions(preds["logits"], preds["label"], names, temperature) if preds else None
+    )
+    if views:
+        context = {**context, "tta_views": list(views)}
+    report.write_report(
+        folder,
+        result,
+        names,
+        report.confident_mistakes(preds, items),
+        decisions=decisions,
+        **context,
+    )
+    report.write_predictions(folder / "predictions.csv", preds, items, names, context["data"])
 
 
 def readable_items(

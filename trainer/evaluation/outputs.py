@@ -13,7 +13,14 @@ from trainer.files import check_replaceable, first_line, read_json_or_none
 
 PREDICTION_KEYS = {"path", "labels", "probabilities"}
 REPORT_NAMES = {"report.json", "report.md", "predictions.csv", "plots"}
-REPORT_PLOTS = {"confusion_matrix.png", "mistakes.png"}
+# The report's plots; reliability, ROC/PR and coverage come with its decisions (report.decisions).
+REPORT_PLOTS = {
+    "confusion_matrix.png",
+    "mistakes.png",
+    "reliability.png",
+    "roc_pr.png",
+    "coverage.png",
+}
 
 
 def is_predictions_file(path: Path) -> bool:
@@ -38,7 +45,7 @@ def is_metrics_json(path: Path) -> bool:
 
 def is_eval_report(folder: Path) -> bool:
     """A folder that `trainer eval --report` wrote: report.json of the report's shape, report.md,
-    predictions.csv and plots/ with its two PNGs, nothing else (a run folder holds its model, config, ...)."""
+    predictions.csv and plots/ with its PNGs, nothing else (a run folder holds its model, config, ...)."""
     names = {p.name for p in folder.iterdir()}
     if "report.json" not in names or not names <= REPORT_NAMES:
         return False
