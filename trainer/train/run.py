@@ -1,6 +1,7 @@
 """`trainer train`: set up, fit, evaluate the kept model, and write what the run folder tells.
 
-run(cfg) -> setup() -> fit() -> final_eval() -> report, summary.json and the done line. Stopped
+run(cfg) -> setup() -> fit() -> calibrate() on val -> final_eval() -> report, summary.json and
+the done line. Stopped
 by SIGUSR1/SIGTERM/Ctrl-C, the run saves a checkpoint, requeues a Slurm job (checkpoint.requeue)
 and exits with EXIT_PREEMPTED; rerunning the same command continues from the checkpoint.
 """
@@ -16,8 +17,9 @@ import torch
 from trainer import runtime
 from trainer.config import RunConfig
 from trainer.errors import writing
-from trainer.evaluation import plots, report
+from trainer.evaluation import calibration, plots, report
 from trainer.evaluation.evaluate import evaluate, summary_of
+from trainer.model.folder import write_calibration
 from trainer.model.safeload import load_safetensors
 from trainer.train import distributed, rundir
 from trainer.train.loop import fit
@@ -45,11 +47,12 @@ def run(cfg: RunConfig) -> dict:
             accelerator.unwrap_model(model, keep_fp32_wrapper=False)
         )
         train_seconds = time.perf_counter() - start
-        split, result, preds = final_eval(ctx, state, model)
+        temperature = calibrate(ctx, state, model)
+        split, result, preds = final_eval(ctx, state, model, temperature)
         if split:
-            write_report(ctx, state, split, result, preds)
+            write_report(ctx, state, split, result, preds, temperature)
         test = result if split == "test" else {}
-        summary = summarize(ctx, state, test, train_seconds, in_sync)
+        summary = summarize(ctx, state, test, train_seconds, in_sync, temperature)
         sync_cmd = ctx.tracker.finish()
         ctx.accelerator.print(
             f"{done_line(summary, test, train_seconds)}\n"
@@ -71,17 +74,54 @@ def run(cfg: RunConfig) -> dict:
         runtime.shutdown(accelerator, barrier=ok)
 
 
-def final_eval(ctx: Context, state: State, model: torch.nn.Module) -> tuple[str | None, dict, dict]:
-    """Evaluate the kept model (RUN_DIR/model) on test, or on val when there is no test split."""
+def calibrate(ctx: Context, state: State, model: torch.nn.Module) -> float:
+    """Load the kept model (RUN_DIR/model) into `model`, fit its softmax temperature on val and
+    store it in RUN_DIR/model/config.json; 1.0 (nothing stored) without a val split."""
+    a = ctx.accelerator
+    best = load_safetensors(ctx.run_dir / "model" / "model.safetensors")
+    a.unwrap_model(model).load_state_dict(best)
+    if "val" not in ctx.index.splits:
+        return 1.0
+    loader = a.prepare(ctx.pipeline.eval_loader("val"))
+    n, cl = len(ctx.class_names), ctx.channels_last
+    _, preds = evaluate(
+        model, loader, a, n, "calibrate", cl, ctx.pipeline.on_device, keep_logits=True
+    )
+    # Every rank holds all val logits (gathered), so every rank fits the same temperature.
+    t = calibration.fit_temperature(preds["logits"], preds["label"])
+    fit = calibration.summary(preds["logits"], preds["label"], t)
+    numbers = {k: fit[k] for k in ("nll_before", "nll_after", "ece_before", "ece_after")}
+    if a.is_main_process:
+        write_calibration(
+            ctx.run_dir / "model",
+            {"temperature": t, "fitted_on": "val", "samples": len(preds["label"]), **numbers},
+        )
+    a.wait_for_everyone()
+    p = state.progress
+    ctx.tracker.log(
+        "calibration", step=p.step, epoch=p.epoch, phase="calibration", temperature=t, **numbers
+    )
+    a.print(
+        f"calibration: temperature {t:.3f} fitted on val (NLL {fit['nll_before']:.4f} -> "
+        f"{fit['nll_after']:.4f}, ECE {fit['ece_before']:.4f} -> {fit['ece_after']:.4f})"
+    )
+    return t
+
+
+def final_eval(
+    ctx: Context, state: State, model: torch.nn.Module, temperature: float
+) -> tuple[str | None, dict, dict]:
+    """Evaluate the kept model (loaded by calibrate()) on test, or on val when there is no test
+    split, with its calibrated probabilities."""
     split = next((s for s in ("test", "val") if s in ctx.index.splits), None)
     if split is None:
         return None, {}, {}
     a = ctx.accelerator
-    best = load_safetensors(ctx.run_dir / "model" / "model.safetensors")
-    a.unwrap_model(model).load_state_dict(best)
     loader = a.prepare(ctx.pipeline.eval_loader(split))
     n, cl = len(ctx.class_names), ctx.channels_last
-    result, preds = evaluate(model, loader, a, n, split, cl, ctx.pipeline.on_device)
+    result, preds = evaluate(
+        model, loader, a, n, split, cl, ctx.pipeline.on_device, temperature, keep_logits=True
+    )
     if split == "test":
         p = state.progress
         ctx.tracker.log(
@@ -90,7 +130,9 @@ def final_eval(ctx: Context, state: State, model: torch.nn.Module) -> tuple[str 
     return split, result, preds
 
 
-def write_report(ctx: Context, state: State, split: str, result: dict, preds: dict) -> None:
+def write_report(
+    ctx: Context, state: State, split: str, result: dict, preds: dict, temperature: float
+) -> None:
     """RUN_DIR/report.{json,md}, RUN_DIR/predictions.csv and RUN_DIR/plots/*.png (main
     process); the plots are also sent to W&B."""
     a, run_dir = ctx.accelerator, ctx.run_dir
@@ -113,6 +155,9 @@ def write_report(ctx: Context, state: State, split: str, result: dict, preds: di
                 "learning curves": "plots/learning_curves.png",
                 "training samples (after augmentation)": "plots/training_samples.png",
             },
+            decisions=report.decisions(
+                preds["logits"], preds["label"], ctx.class_names, temperature
+            ),
             split=split,
             model=str(run_dir / "model"),
             data=str(ctx.index.root),
@@ -129,7 +174,9 @@ def write_report(ctx: Context, state: State, split: str, result: dict, preds: di
     a.wait_for_everyone()
 
 
-def summarize(ctx: Context, state: State, test: dict, train_seconds: float, in_sync: bool) -> dict:
+def summarize(
+    ctx: Context, state: State, test: dict, train_seconds: float, in_sync: bool, temperature: float
+) -> dict:
     """RUN_DIR/summary.json (main process): the run's numbers and where its outputs are."""
     a, p, run_dir = ctx.accelerator, state.progress, ctx.run_dir
     summary = {
@@ -139,6 +186,7 @@ def summarize(ctx: Context, state: State, test: dict, train_seconds: float, in_s
         **summary_of(test, "test"),
         "test_per_class_accuracy": test.get("per_class_accuracy"),
         "test_confusion_matrix": test.get("confusion_matrix"),
+        "temperature": temperature,  # softmax temperature fitted on val (1.0: no val split)
         "class_names": ctx.class_names,
         "epochs": p.epoch,
         "steps": p.step,
