@@ -117,7 +117,7 @@ def decisions(args: argparse.Namespace, out: Path) -> None:
                 / f"{len(rows)}-seed{seed}"
             )
             summary = train(base, [f"train.seed={seed}"], data, run)
-            cal = json.loads((run / "report.json").read_text())["decisions"]["calibration"]
+            cal = json.loads((run / "report.json").read_text())["calibration"]
             numbers = {k: cal[k] for k in keys[:4]} | {"temperature": summary["temperature"]}
             numbers |= {"plain": eval_accuracy(run, data), "tta": eval_accuracy(run, data, "--tta")}
             print(f"{name} | seed {seed}: {numbers}", flush=True)
