@@ -14,18 +14,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 import torch
 
 from trainer.data import walk
 from trainer.data.transforms import Preprocessing, eval_transform, load_rgb
 from trainer.errors import writing
 from trainer.files import check_replaceable, current_umask, write_text_atomic
-from trainer.model.folder import load_for_inference
+from trainer.model.export_preprocessing import (
+    FILTER_SUPPORT,
+    PROBABILITY_ATOL,
+    WithPreprocessing,
+    example_image,
+    preprocessing_parity,
+)
+from trainer.model.folder import load_for_inference, temperature
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
 # Max |logit difference| allowed between PyTorch and the export, on fp32 CPU.
 PARITY_ATOL = 1e-3
+# How many of the --images files the export with preprocessing is checked on.
+PARITY_FILES = 16
 
 
 class ExportError(ValueError):
@@ -36,16 +46,22 @@ class ParityError(ExportError):
     """The export was written but its logits differ from PyTorch's (a failure: exit 1)."""
 
 
-def parity_inputs(
-    pre: Preprocessing, image_paths: list[str], n: int = 8
-) -> tuple[torch.Tensor, str]:
-    """Real images preprocessed as predict does, or random ones when none are given."""
+def image_files(image_paths: list[str]) -> list[str]:
+    """The files of --images: files as given, folders expanded to the images below them."""
     files = []
     for p in image_paths:
         found = walk.list_images(Path(p)) if Path(p).is_dir() else [p]
         if not found:
             raise ExportError(f"--images {p}: no images in this folder")
         files.extend(found)
+    return files
+
+
+def parity_inputs(
+    pre: Preprocessing, image_paths: list[str], n: int = 8
+) -> tuple[torch.Tensor, str]:
+    """Real images preprocessed as predict does, or random ones when none are given."""
+    files = image_files(image_paths)
     if files:
         transform = eval_transform(pre)
         batch = torch.stack([_load_image(transform, f) for f in files[:n]])
@@ -74,11 +90,17 @@ def _check_out(out: Path) -> None:
     )
 
 
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export_onnx(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    names: tuple[str, str] = ("pixel_values", "logits"),
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+) -> None:
     kwargs: dict[str, Any] = {
-        "input_names": ["pixel_values"],
-        "output_names": ["logits"],
-        "dynamic_axes": {"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+        "input_names": [names[0]],
+        "output_names": [names[1]],
+        "dynamic_axes": dynamic_axes or {names[0]: {0: "batch"}, names[1]: {0: "batch"}},
         "opset_version": ONNX_OPSET,
     }
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
@@ -86,41 +108,78 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> N
     torch.onnx.export(model, (example,), str(path), **kwargs)
 
 
-def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
+def _onnx_session(path: Path) -> Any:
     try:
         import onnxruntime as ort
     except ImportError:
         raise ExportError(
             "the ONNX parity check needs onnxruntime: pip install 'trainer[export]'"
         ) from None
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
+    session = _onnx_session(path)
     return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
 
 
 def export_model(
-    model_dir: str | Path, fmt: str, out_dir: str | Path, image_paths: list[str]
+    model_dir: str | Path,
+    fmt: str,
+    out_dir: str | Path,
+    image_paths: list[str],
+    with_preprocessing: bool = False,
 ) -> dict[str, Any]:
-    """Write OUT_DIR/model.onnx or model.pt + config.json + export.json; raise if parity fails."""
+    """Write OUT_DIR/model.onnx or model.pt + config.json + export.json; raise if parity fails.
+
+    with_preprocessing: an ONNX model from a uint8 image of any size to calibrated probabilities,
+    checked against predict's path on the real image files of image_paths (required)."""
     if fmt not in FORMATS:
         raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if with_preprocessing and fmt != "onnx":
+        raise ExportError("--with-preprocessing: only with --format onnx")
     out = Path(out_dir)
     _check_out(out)
     model, meta, pre = load_for_inference(model_dir)
     model = model.float().eval()
+    with torch.no_grad():
+        if with_preprocessing:
+            result, failure = _export_with_preprocessing(model, meta, pre, image_paths, out)
+        else:
+            result, failure = _export_plain(model, meta, pre, fmt, image_paths, out)
+    target = out / result["file"]
+    with writing(out / "config.json"):
+        shutil.copyfile(Path(model_dir) / "config.json", out / "config.json")
+    write_text_atomic(out / "export.json", json.dumps(result, indent=2))
+    for path in (target, out / "config.json"):  # as a plain open() would: 0644 under umask 022
+        os.chmod(path, 0o666 & ~current_umask())
+    if failure:
+        raise ParityError(f"{target}: {failure}")
+    return result
+
+
+def _export_plain(
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    pre: Preprocessing,
+    fmt: str,
+    image_paths: list[str],
+    out: Path,
+) -> tuple[dict[str, Any], str | None]:
+    """The model alone, (batch, 3, S, S) float pixels -> logits; (export.json, failure or None)."""
     x, what = parity_inputs(pre, image_paths)
     out.mkdir(parents=True, exist_ok=True)
     target = out / ("model.onnx" if fmt == "onnx" else "model.pt")
-    with torch.no_grad():
-        reference = model(x).numpy()
-        with writing(target):
-            if fmt == "onnx":
-                _export_onnx(model, x[:1], target)
-            else:
-                torch.jit.save(torch.jit.trace(model, x[:1]), str(target))
+    reference = model(x).numpy()
+    with writing(target):
         if fmt == "onnx":
-            exported = _run_onnx(target, x)
+            _export_onnx(model, x[:1], target)
         else:
-            exported = torch.jit.load(str(target)).eval()(x).numpy()
+            torch.jit.save(torch.jit.trace(model, x[:1]), str(target))
+    if fmt == "onnx":
+        exported = _run_onnx(target, x)
+    else:
+        exported = torch.jit.load(str(target)).eval()(x).numpy()
     diff = float(np.abs(exported - reference).max())
     result = {
         "format": fmt,
@@ -135,13 +194,73 @@ def export_model(
         "same_top1": bool((exported.argmax(1) == reference.argmax(1)).all()),
         "torch_version": torch.__version__,
     }
-    with writing(out / "config.json"):
-        shutil.copyfile(Path(model_dir) / "config.json", out / "config.json")
-    write_text_atomic(out / "export.json", json.dumps(result, indent=2))
-    for path in (target, out / "config.json"):  # as a plain open() would: 0644 under umask 022
-        os.chmod(path, 0o666 & ~current_umask())
-    if diff > PARITY_ATOL or not result["same_top1"]:
-        raise ParityError(
-            f"{target}: logits differ from PyTorch by {diff:.3g} (allowed {PARITY_ATOL}) on {what}"
+    failed = diff > PARITY_ATOL or not result["same_top1"]
+    return result, (
+        f"logits differ from PyTorch by {diff:.3g} (allowed {PARITY_ATOL}) on {what}"
+        if failed
+        else None
+    )
+
+
+def _preprocessing_images(pre: Preprocessing, image_paths: list[str]) -> list[np.ndarray]:
+    """The parity images of --with-preprocessing, (H, W, 3) uint8 as load_rgb decodes them,
+    after checking that the graph can do this model's preprocessing."""
+    if pre.interpolation not in FILTER_SUPPORT:
+        raise ExportError(
+            f"--with-preprocessing: the model resizes with {pre.interpolation!r}; "
+            f"only {' and '.join(FILTER_SUPPORT)} are built into the graph: export without it"
         )
-    return result
+    if pre.resize_size < pre.image_size:
+        raise ExportError(
+            f"--with-preprocessing: the model's center crop ({pre.image_size} px) is larger "
+            f"than its resize ({pre.resize_size} px) and would pad: export without it"
+        )
+    files = image_files(image_paths)[:PARITY_FILES]
+    if not files:
+        raise ExportError(
+            "--with-preprocessing: the parity check runs on real image files: "
+            "give --images FILES_OR_FOLDERS (photos of different sizes)"
+        )
+    return [_load_image(np.asarray, f) for f in files]
+
+
+def _export_with_preprocessing(
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    pre: Preprocessing,
+    image_paths: list[str],
+    out: Path,
+) -> tuple[dict[str, Any], str | None]:
+    """(1, H, W, 3) uint8 RGB -> (1, C) calibrated probabilities, checked against predict's path
+    on real image files; (export.json, failure or None)."""
+    images = _preprocessing_images(pre, image_paths)
+    t = temperature(meta)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "model.onnx"
+    names = ("image", "probabilities")
+    with writing(target):
+        module = WithPreprocessing(model, pre, t).eval()
+        _export_onnx(
+            module, example_image(pre), target, names, {"image": {1: "height", 2: "width"}}
+        )
+    parity = preprocessing_parity(model, pre, t, images, _onnx_session(target))
+    result = {
+        "format": "onnx",
+        "file": target.name,
+        "with_preprocessing": True,
+        "input": {"name": "image", "shape": [1, "height", "width", 3], "dtype": "uint8"},
+        "output": {"name": "probabilities", "shape": [1, len(meta["class_names"])]},
+        "temperature": t,
+        "parity": parity,
+        "same_top1": parity.pop("same_top1"),
+        "torch_version": torch.__version__,
+        "pillow_version": PIL.__version__,  # the resize in the graph is this Pillow's
+    }
+    diff, what = parity["max_abs_diff"], parity["inputs"]
+    failed = diff > PROBABILITY_ATOL or not result["same_top1"]
+    return result, (
+        f"probabilities differ from trainer predict's by {diff:.3g} (allowed "
+        f"{PROBABILITY_ATOL:g}) or a top-1 label changed, on {what}"
+        if failed
+        else None
+    )
