@@ -42,7 +42,7 @@ def reliability(calibration: dict[str, Any], out: Path) -> Path:
             ax.text(
                 x, b["accuracy"] + 0.01, str(b["samples"]), ha="center", va="bottom", fontsize=7
             )
-        ax.set_xlim(0, 1)
+        ax.set_xlim(0, 1.01)  # a bin's mean confidence can be 1.0
         ax.set_ylim(0, 1.08)
         ax.set_xlabel("confidence (top probability)")
         ax.set_title(
