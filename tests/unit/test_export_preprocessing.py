@@ -26,11 +26,13 @@ PRES = [
     Preprocessing(56, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic"),
 ]
 # (height, width): landscape, portrait, over 2:1 tall (Pillow 13 resamples its columns first),
-# 9:1 both ways, smaller than the crop (upscaled), one side already at the resize size, tiny.
+# over 100:1 tall (so does Pillow 12.2 and 12.3), 9:1 both ways, smaller than the crop
+# (upscaled), one side already at the resize size, tiny.
 SIZES = [
     (75, 120),
     (120, 75),
     (333, 61),
+    (6700, 66),
     (900, 100),
     (100, 900),
     (40, 33),
