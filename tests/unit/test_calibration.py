@@ -51,6 +51,21 @@ def test_fitted_temperature_stays_within_what_a_model_folder_accepts():
     assert calibration.fit_temperature(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)) == 1.0
 
 
+def test_a_split_without_a_single_mistake_keeps_the_raw_softmax():
+    """Every image right: the NLL falls without limit as T -> 0, so nothing is fitted (T 1),
+    for single views and for TTA's views alike; one mistake makes T fittable again."""
+    labels = torch.arange(40) % 2
+    logits = 2.0 * torch.nn.functional.one_hot(labels, 2).float() + 0.1 * torch.randn(40, 2)
+    assert calibration.all_right(logits, labels)
+    assert calibration.fit_temperature(logits, labels) == 1.0
+    views = torch.stack([logits, logits * 0.5], dim=1)
+    assert calibration.fit_temperature(views, labels) == 1.0
+    wrong = labels.clone()
+    wrong[0] = 1 - wrong[0]
+    assert not calibration.all_right(logits, wrong)
+    assert calibration.fit_temperature(logits, wrong) != 1.0
+
+
 def test_views_are_averaged_after_the_softmax():
     logits, labels = _classifier_logits(n=400)
     g = torch.Generator().manual_seed(2)

@@ -32,15 +32,24 @@ def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float
     return float(-log_p.gather(1, labels.long()[:, None]).mean())
 
 
+def all_right(logits: torch.Tensor, labels: torch.Tensor) -> bool:
+    """Is every image's top-1 right (every view's, for (N, V, C) logits)? Then the NLL falls
+    without limit as T -> 0: the split says nothing about how sure the model should be."""
+    labels = labels.to(logits.device)
+    return bool((logits.argmax(-1) == (labels if logits.dim() == 2 else labels[:, None])).all())
+
+
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The T within model.folder.TEMPERATURES that minimizes `nll(logits, labels, T)`.
+    """The T within model.folder.TEMPERATURES that minimizes `nll(logits, labels, T)`; 1.0
+    without images or when every image is right (all_right: sharpening without limit would
+    make every later mistake infinitely sure: measured on a 40-image val split, T 0.04 and a
+    test NLL of 3.66 instead of 0.15).
 
     For (N, C) logits the NLL is convex in 1/T, so unimodal in log T: bounded Brent on log T
-    (deterministic) finds its minimum; the bounds themselves are candidates too, for a model
-    that is right on every image (NLL falls all the way to T = 0.01). 1.0 without images."""
+    (deterministic) finds its minimum; the bounds themselves are candidates too."""
     from scipy.optimize import minimize_scalar  # 0.4 s to import: only where T is fitted
 
-    if labels.numel() == 0:
+    if labels.numel() == 0 or all_right(logits, labels):
         return 1.0
     logits = logits.detach().cpu().double()
     labels = labels.detach().cpu()

@@ -101,10 +101,13 @@ def calibrate(ctx: Context, state: State, model: torch.nn.Module) -> float:
     ctx.tracker.log(
         "calibration", step=p.step, epoch=p.epoch, phase="calibration", temperature=t, **numbers
     )
-    a.print(
-        f"calibration: temperature {t:.3f} fitted on val (NLL {fit['nll_before']:.4f} -> "
-        f"{fit['nll_after']:.4f}, ECE {fit['ece_before']:.4f} -> {fit['ece_after']:.4f})"
-    )
+    if calibration.all_right(preds["logits"], preds["label"]):
+        a.print("calibration: every val image is right, nothing to fit a temperature on: T stays 1")
+    else:
+        a.print(
+            f"calibration: temperature {t:.3f} fitted on val (NLL {fit['nll_before']:.4f} -> "
+            f"{fit['nll_after']:.4f}, ECE {fit['ece_before']:.4f} -> {fit['ece_after']:.4f})"
+        )
     return t
 
 
