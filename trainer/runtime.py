@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
+
+from trainer.progress import bar
 
 
 def has_accelerator_device() -> bool:
@@ -101,19 +102,10 @@ def provenance(world_size: int, device: torch.device) -> dict[str, Any]:
     }
 
 
-def progress(iterable: Iterable, desc: str, accelerator, **kwargs: Any) -> tqdm:
-    """A progress bar on the local main process; in logs (not a terminal) a line every 30 s.
-    `kwargs` go to tqdm (e.g. total= and initial= for a resumed epoch)."""
-    tty = sys.stderr.isatty()
-    return tqdm(
-        iterable,
-        desc=desc,
-        leave=False,
-        disable=not accelerator.is_local_main_process,
-        mininterval=0.1 if tty else 30.0,
-        dynamic_ncols=tty,
-        **kwargs,
-    )
+def progress(iterable: Iterable, desc: str, accelerator, **kwargs: Any) -> Any:
+    """progress.bar on the local main process: a bar in a terminal, plain lines in a log.
+    `kwargs` go to it (e.g. total= and initial= for a resumed epoch)."""
+    return bar(iterable, desc, disable=not accelerator.is_local_main_process, **kwargs)
 
 
 def shutdown(accelerator, barrier: bool = True) -> None:

@@ -93,4 +93,6 @@ def all_hashes(paths: list[str], accelerator, workers: int | None = None) -> lis
     """file_hashes of every path, in threads (decoding and hashing release the GIL)."""
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
         hashes = pool.map(file_hashes, paths)
-        return list(runtime.progress(hashes, "hashes", accelerator, total=len(paths)))
+        return list(
+            runtime.progress(hashes, "hashes", accelerator, total=len(paths), unit="images")
+        )

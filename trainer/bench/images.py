@@ -78,7 +78,7 @@ def make_jpeg_folder(
 ) -> dict[str, Any]:
     """Write counts[split] JPEGs per split folder ('' = class folders directly under root),
     classes in turn (class_00, class_01, ...), in parallel with a progress bar."""
-    from tqdm.auto import tqdm
+    from trainer.progress import bar as progress_bar
 
     root = Path(root).expanduser()
     if root.exists() and any(root.iterdir()):
@@ -104,7 +104,7 @@ def make_jpeg_folder(
     total = 0
     with (
         ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(ctx)) as pool,
-        tqdm(total=len(items), desc="writing JPEGs", unit="img") as bar,
+        progress_bar(None, "writing JPEGs", total=len(items), unit="images") as bar,
     ):
         for job, nbytes in zip(jobs, pool.map(_write_chunk, jobs)):
             total += nbytes

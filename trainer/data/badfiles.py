@@ -25,12 +25,13 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import PIL
 from PIL import Image, ImageFile, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 # transforms also sets the default pixel limit, Image.MAX_IMAGE_PIXELS
+from trainer import progress
 from trainer.data.transforms import load_rgb
 from trainer.data.workers import ctrl_c_held, ignore_ctrl_c
 
@@ -182,13 +183,8 @@ def _check_chunk(paths: list[str], limit: int | None) -> dict[str, str | None]:
 
 
 def _check_all(paths: list[str], limit: int | None, workers: int) -> dict[str, str | None]:
-    bar = tqdm(
-        total=len(paths),
-        desc="checking images",
-        unit="img",
-        leave=False,
-        disable=len(paths) < PROGRESS_FROM,
-        mininterval=0.1 if sys.stderr.isatty() else 30.0,
+    bar = progress.bar(
+        None, "checking images", total=len(paths), unit="images", disable=len(paths) < PROGRESS_FROM
     )
     with bar:
         if workers <= 1 or len(paths) < SERIAL_BELOW:
@@ -201,7 +197,7 @@ def _check_all(paths: list[str], limit: int | None, workers: int) -> dict[str, s
 
 
 def _check_in_pool(
-    paths: list[str], limit: int | None, workers: int, bar: tqdm
+    paths: list[str], limit: int | None, workers: int, bar: Any
 ) -> dict[str, str | None]:
     chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
     out: dict[str, str | None] = {}
