@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 import zlib
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -47,6 +48,7 @@ class DataIndex:
     notes: list[str] = field(default_factory=list)  # things the user should hear about
     bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), left out
     ignored: list[str] = field(default_factory=list)  # files that are not images by their name
+    check_seconds: float = 0.0  # of the scan, the bad-file check's (decoding every image)
 
     def counts(self) -> dict[str, int]:
         """Images per split."""
@@ -79,7 +81,9 @@ def scan(cfg: DataConfig, workers: int | None = None) -> DataIndex:
     else:
         trees = {"all": class_folders(root, walk)}
         note_loose_images(root, notes)
+    started = time.perf_counter()
     bad = _find_bad_files(trees, root, cfg, workers)
+    check_seconds = time.perf_counter() - started
     trees = {s: _without(tree, bad) for s, tree in trees.items()}
     if split_dirs is not None:
         index = _index_pre_split(root, split_dirs, trees, cfg)
@@ -88,6 +92,7 @@ def scan(cfg: DataConfig, workers: int | None = None) -> DataIndex:
         index = _index_ratio_split(root, trees["all"], cfg)
     index.notes[:0] = notes
     index.bad_files, index.ignored = sorted(bad.items()), sorted(walk.ignored)
+    index.check_seconds = check_seconds
     if bad:
         index.notes.insert(
             0, f"{len(bad)} bad files skipped, listed in bad_files.csv of the run folder"

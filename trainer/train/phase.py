@@ -70,6 +70,7 @@ def start_phase(ctx: Context, state: State, model: torch.nn.Module, index: int) 
     pipeline = _pipeline(ctx, cfg, a.unwrap_model(model).backbone)
     val = a.prepare(pipeline.eval_loader("val")) if "val" in ctx.index.splits else None
     train = pipeline.train_loader(sampler)
+    ctx.startup.lap("phase start")  # the feature cache of a frozen phase is built above
     return Phase(index, cfg, model, optimizer, scheduler, sampler, pipeline, train, val)
 
 

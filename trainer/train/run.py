@@ -25,16 +25,18 @@ from trainer.train import distributed, rundir
 from trainer.train.loop import fit
 from trainer.train.preemption import EXIT_PREEMPTED, Preempted, requeue
 from trainer.train.setup import Context, setup
+from trainer.train.startup import Startup
 from trainer.train.state import State
 
 
 def run(cfg: RunConfig) -> dict:
     """Train, select the best epoch on val, test it, write the run folder; returns the summary."""
+    startup = Startup()
     accelerator = distributed.make_accelerator(cfg)
     claim = rundir.Claim(cfg.output_dir, accelerator)
     ok = False
     try:
-        ctx, state, model = setup(cfg, accelerator, claim)
+        ctx, state, model = setup(cfg, accelerator, claim, startup)
         start = time.perf_counter()
         try:
             model = fit(ctx, state, model)
@@ -199,6 +201,7 @@ def summarize(
         "world_size": a.num_processes,
         "mixed_precision": a.mixed_precision,
         "pipeline": ctx.pipeline.name,  # the input path data.pipeline chose: pil, cached, decode
+        "time_to_first_step": ctx.startup.summary(),  # seconds, in total and part by part
         "weights_in_sync": in_sync,
         "model_dir": str(run_dir / "model"),
         "report": str(run_dir / "report.md"),

@@ -32,6 +32,7 @@ from trainer.train.ema import ModelEMA, NoEMA, make_ema
 from trainer.train.preemption import StopFlag
 from trainer.train.resume import Resume, continue_run, prepare_run_dir
 from trainer.train.selection import Selector
+from trainer.train.startup import Startup
 from trainer.train.state import State
 from trainer.train.tracking import Tracker
 
@@ -54,6 +55,7 @@ class Context:
     ema: ModelEMA | NoEMA
     checkpointer: Checkpointer
     selector: Selector
+    startup: Startup  # the time to the first training step, part by part
 
     @property
     def class_names(self) -> list[str]:
@@ -61,10 +63,10 @@ class Context:
 
 
 def setup(
-    cfg: RunConfig, accelerator: Accelerator, claim: rundir.Claim
+    cfg: RunConfig, accelerator: Accelerator, claim: rundir.Claim, startup: Startup
 ) -> tuple[Context, State, torch.nn.Module]:
     """The run's context, where it starts (fresh or from a checkpoint) and its model."""
-    index, model, pre = _inputs(cfg, accelerator)
+    index, model, pre = _inputs(cfg, accelerator, startup)
     # Lock output_dir (refusing one that is not a run's or is in use), then start fresh or
     # continue the run there: the first time anything in it is written or moved.
     claim.acquire()
@@ -72,10 +74,12 @@ def setup(
     if resume:
         continue_run(run_dir, resume, index, accelerator)
         model.load_state_dict(resume.payload.model)
+    startup.lap("run folder")
     # Distinct augmentation randomness per rank from here on (the weights are already equal).
     set_seed(cfg.train.seed + accelerator.process_index)
     pre = pre.with_size(cfg.data.image_size)
     pipeline = _pipeline(cfg, accelerator, index, pre)
+    startup.lap("cache build")
     criterion = losses.make_criterion(cfg.train, index.class_counts("train"), accelerator.device)
     mixer = losses.batch_mixer(cfg.train, len(index.class_names)) or losses.no_mixing
     tracker = Tracker(
@@ -105,24 +109,33 @@ def setup(
         stop=stop,
         ema=ema,
         checkpointer=Checkpointer(cfg.checkpoint, accelerator, checkpoints, ema, stop, claim),
-        selector=Selector(
-            accelerator,
-            run_dir / "model",
-            cfg.model,
-            index.class_names,
-            pre,
-            cfg.train.early_stopping_patience,
-            {
-                "horizontal": cfg.data.augment and cfg.data.hflip,
-                "vertical": cfg.data.augment and cfg.data.vflip,
-            },
-        ),
+        selector=_selector(cfg, accelerator, run_dir, index, pre),
+        startup=startup,
     )
+    startup.lap("other setup")
     return ctx, start, model
 
 
+def _selector(
+    cfg: RunConfig, accelerator: Accelerator, run_dir: Path, index: DataIndex, pre: Preprocessing
+) -> Selector:
+    flips = {
+        "horizontal": cfg.data.augment and cfg.data.hflip,
+        "vertical": cfg.data.augment and cfg.data.vflip,
+    }
+    return Selector(
+        accelerator,
+        run_dir / "model",
+        cfg.model,
+        index.class_names,
+        pre,
+        cfg.train.early_stopping_patience,
+        flips,
+    )
+
+
 def _inputs(
-    cfg: RunConfig, accelerator: Accelerator
+    cfg: RunConfig, accelerator: Accelerator, startup: Startup
 ) -> tuple[DataIndex, torch.nn.Module, Preprocessing]:
     """The data's index and the model with its initial weights, checked before output_dir is
     touched: a typo in data.root or model.name must not cost the run that output_dir holds."""
@@ -134,8 +147,10 @@ def _inputs(
     # so every rank leaves out the same bad files.
     with accelerator.main_process_first():
         index = splits.scan(cfg.data)
+    startup.lap("index", check=index.check_seconds)
     with accelerator.main_process_first():  # one download of pretrained weights
         model, pre = build_model(cfg.model, len(index.class_names))
+    startup.lap("model build")
     return index, model, pre
 
 
