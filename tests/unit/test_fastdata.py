@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,21 @@ def test_auto_chooses_pil_for_policies_and_cached_otherwise(tmp_path):
     assert mode == "decode" and "decoded on the device" in why
     with pytest.raises(ValueError, match="random_erasing"):
         choose.choose(_cfg(tmp_path, pipeline="cached", random_erasing=0.2), 10, 37)
+
+
+def test_a_cache_too_big_for_its_disk_says_how_big_and_the_two_ways_out(tmp_path, monkeypatch):
+    free = 10 * 10**9
+    monkeypatch.setattr(choose.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(0, 0, free))
+    n, size = 200_000, 256  # 200,000 x 256 x 256 x 3 bytes = 39.3 GB
+    mode, why = choose.choose(_cfg(tmp_path), n, size)
+    assert mode == "decode"
+    assert "39.3 GB (200,000 images x 256x256x3 bytes)" in why and "10.0 GB free" in why
+    assert "data.cache_dir=DIR on a disk with 43.7 GB free" in why
+    with pytest.raises(ValueError) as refused:
+        choose.choose(_cfg(tmp_path, pipeline="cached"), n, size)
+    message = str(refused.value)
+    assert "39.3 GB" in message and "data.cache_dir=DIR" in message
+    assert "data.pipeline=decode" in message
 
 
 def test_decode_pipeline_eval_view_matches_the_pil_path_closely(tmp_path):

@@ -36,13 +36,23 @@ def choose(cfg: DataConfig, n_images: int, size: int) -> tuple[str, str]:
         return "decode", "decode pipeline: JPEG batches decoded on the device, augmented in batches"
     root = cache_root(cfg)
     root.mkdir(parents=True, exist_ok=True)
-    need = n_images * size * size * 3
+    need = n_images * size * size * 3  # uint8 RGB squares at the eval resize
     free = shutil.disk_usage(root).free
-    if need > 0.9 * free:
-        why = f"the cache needs {need / 1e9:.1f} GB, {root} has {free / 1e9:.1f} GB free"
+    if need > 0.9 * free:  # a tenth kept free for everything else on that disk
+        why = (
+            f"the pixel cache needs {need / 1e9:.1f} GB ({n_images:,} images x {size}x{size}x3 "
+            f"bytes), {root} has {free / 1e9:.1f} GB free"
+        )
+        bigger = f"data.cache_dir=DIR on a disk with {need / 0.9 / 1e9:.1f} GB free"
         if cfg.pipeline == "cached":
-            raise ConfigError(f"data.pipeline=cached: {why}; set data.cache_dir")
-        return "decode", f"decode pipeline: {why}; JPEGs are decoded on the device every epoch"
+            raise ConfigError(
+                f"data.pipeline=cached: {why}; set {bigger}, or data.pipeline=decode (no cache: "
+                "JPEGs decoded on the device every epoch)"
+            )
+        return "decode", (
+            f"decode pipeline: {why}; JPEGs are decoded on the device every epoch (for the "
+            f"cached pipeline: {bigger})"
+        )
     return "cached", f"cached pipeline: images decoded once at {size}px, augmented in batches"
 
 
