@@ -73,7 +73,7 @@ def test_summary_agrees_with_metrics_jsonl(trained_run):
     assert summary["weights_in_sync"] is True
 
 
-def test_summary_and_metrics_give_the_time_to_the_first_step_part_by_part(trained_run):
+def test_summary_gives_the_time_to_the_first_step_part_by_part(trained_run):
     _, run = trained_run
     startup = json.loads((run / "summary.json").read_text())["time_to_first_step"]
     parts = {k: v for k, v in startup.items() if k != "seconds"}
@@ -90,8 +90,7 @@ def test_summary_and_metrics_give_the_time_to_the_first_step_part_by_part(traine
     }
     assert all(v >= 0 for v in parts.values()) and parts["launch"] > 0
     assert abs(sum(parts.values()) - startup["seconds"]) < 0.01
-    (event,) = _events(run, "startup")
-    assert event["step"] == 1 and event["seconds"] == startup["seconds"]
+    assert not _events(run, "startup")  # timings stay out of metrics.jsonl's repeatable numbers
 
 
 def test_saved_config_reloads_to_the_same_config(trained_run):

@@ -9,13 +9,10 @@ from trainer.train.startup import Startup, seconds_since_process_start
 
 class _Recorder:
     def __init__(self):
-        self.printed, self.logged = [], []
+        self.printed = []
 
     def print(self, text):
         self.printed.append(text)
-
-    def log(self, event, **values):
-        self.logged.append((event, values))
 
 
 def test_parts_add_up_to_the_total_and_inner_work_is_booked_apart():
@@ -24,23 +21,22 @@ def test_parts_add_up_to_the_total_and_inner_work_is_booked_apart():
     startup.lap("index", check=0.01)  # 0.02 s elapsed, of which the scan measured 0.01 checking
     startup.lap("model build")
     out = _Recorder()
-    startup.step_done(out, out, step=1, epoch=1, phase="train")
+    startup.step_done(out)
     parts = startup.summary()
     assert list(parts)[:4] == ["seconds", "launch", "index", "check"]
     assert parts["check"] == 0.01 and parts["index"] >= 0.009
     assert abs(sum(v for k, v in parts.items() if k != "seconds") - parts["seconds"]) < 0.01
     assert out.printed == [startup.line()] and out.printed[0].startswith("time to first step ")
-    assert out.logged[0][0] == "startup" and out.logged[0][1]["check_seconds"] == 0.01
 
 
 def test_only_the_first_step_ends_the_startup():
     startup, out = Startup(), _Recorder()
-    startup.step_done(out, out, step=1, epoch=1, phase="train")
+    startup.step_done(out)
     total = startup.total
     startup.lap("phase start")  # a later phase: not part of the startup
-    startup.step_done(out, out, step=2, epoch=1, phase="train")
+    startup.step_done(out)
     assert startup.total == total and "phase start" not in startup.parts
-    assert len(out.printed) == 1 and len(out.logged) == 1
+    assert len(out.printed) == 1
 
 
 def test_a_run_without_a_step_has_no_time_to_first_step():

@@ -104,7 +104,7 @@ def train_epoch(ctx: Context, state: State, phase: Phase, at: Position) -> dict:
             continue
         lr = _update(ctx, phase)
         p.step += 1
-        ctx.startup.step_done(a, ctx.tracker, p.step, p.epoch + 1, phase.cfg.name)
+        ctx.startup.step_done(a)
         ctx.ema.update(a.unwrap_model(model))
         if p.step % ctx.tracker.log_every == 0:
             value = loss.item()  # CPU-GPU sync point, once per log_every updates

@@ -5,7 +5,8 @@ the folder and splitting), check (decoding every image for the bad-file check; v
 make it ~0), model build, run folder (claiming output_dir, a checkpoint loaded on resume), cache
 build (the pixel cache of the cached pipeline), other setup, phase start (freezing, optimizer,
 the feature cache of a frozen phase) and first batch (loader start, the first forward, backward
-and update). Printed once, logged as a `startup` event and kept in summary.json.
+and update). Printed once and kept in summary.json; not in metrics.jsonl, whose events hold the
+numbers one seed repeats exactly.
 """
 
 from __future__ import annotations
@@ -49,17 +50,13 @@ class Startup:
         for name, seconds in {part: own, **inside}.items():
             self.parts[name] = self.parts.get(name, 0.0) + seconds
 
-    def step_done(self, accelerator: Any, tracker: Any, step: int, epoch: int, phase: str) -> None:
-        """After each optimizer update: the first one ends the startup (printed, logged)."""
+    def step_done(self, accelerator: Any) -> None:
+        """After each optimizer update: the first one ends the startup (printed)."""
         if self.total is not None:
             return
         self.lap("first batch")
         self.total = sum(self.parts.values())
         accelerator.print(self.line())
-        seconds = {f"{k.replace(' ', '_')}_seconds": round(v, 3) for k, v in self.parts.items()}
-        tracker.log(
-            "startup", step=step, epoch=epoch, phase=phase, seconds=round(self.total, 3), **seconds
-        )
 
     def line(self) -> str:
         """'time to first step 32.1s: launch 3.2s, index 0.1s, check 16.1s, ...'."""
