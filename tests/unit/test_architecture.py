@@ -13,7 +13,7 @@ import trainer
 
 ROOT = Path(trainer.__file__).parent
 # Base modules anything may import: one-line errors, file writing, secrets, versions and progress.
-BASE = ("errors", "files", "secrets", "runtime", "progress", "__init__")
+BASE = ("errors", "files", "secrets", "runtime", "progress", "locks", "__init__")
 LAYERS = ("config", "data", "model", "evaluation", "train", "audit", "bench", "cli", "__main__")
 
 

@@ -7,8 +7,10 @@ it (`load_rgb`), so a file that passes here also loads in training.
 
 `check_files` decodes in parallel and caches its verdicts in a small JSON file per image root,
 keyed by path, size, mtime and the pixel limit: a second scan of the same folder only decodes
-new or changed files, and training ranks that scan after the main one read its verdicts instead
-of decoding again, so every rank skips exactly the same files.
+new or changed files. One process checks at a time (a lock next to the verdicts): training ranks
+that start together wait for the first and read its verdicts instead of decoding again, so every
+rank skips exactly the same files. `decode_checked` gives the verdict and the decoded image of
+one decode, for the pixel cache, which checks while it fills (`remember` keeps its verdicts).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import PIL
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 # transforms also sets the default pixel limit, Image.MAX_IMAGE_PIXELS
-from trainer import progress
+from trainer import locks, progress
 from trainer.data.transforms import load_rgb
 from trainer.data.workers import ctrl_c_held, ignore_ctrl_c
 
@@ -62,17 +64,25 @@ def pixel_limit(max_pixels: int | None) -> int | None:
 
 def check_file(path: str | os.PathLike, max_pixels: int | None = None) -> str | None:
     """None when the file decodes to RGB completely, else a short reason a person can act on."""
+    return decode_checked(path, max_pixels)[1]
+
+
+def decode_checked(
+    path: str | os.PathLike, max_pixels: int | None = None
+) -> tuple[Image.Image | None, str | None]:
+    """(the RGB image exactly as training reads it, None), or (None, why it is bad): one decode
+    gives both the verdict and the pixels (the pixel cache keeps them)."""
     limit = pixel_limit(max_pixels)
     try:
         if os.path.getsize(path) == 0:
-            return "empty file (0 bytes)"
+            return None, "empty file (0 bytes)"
         with _PILLOW_LOCK:
             return _decode(path, limit)
     except Exception as e:  # a broken file can make a decoder raise almost anything
-        return _reason(path, e)
+        return None, _reason(path, e)
 
 
-def _decode(path: str | os.PathLike, limit: int | None) -> str | None:
+def _decode(path: str | os.PathLike, limit: int | None) -> tuple[Image.Image | None, str | None]:
     # Pillow's own limit is off while the header is read, so an over-limit file gets its size
     # in the reason instead of a bare DecompressionBombError; nothing is decoded yet.
     with _pillow_settings(max_pixels=None):
@@ -80,14 +90,14 @@ def _decode(path: str | os.PathLike, limit: int | None) -> str | None:
     with img:
         width, height = img.size
         if limit is not None and width * height > limit:
-            return (
+            return None, (
                 f"{width} x {height} = {width * height:,} pixels is over the limit of "
                 f"{limit:,} (data.max_image_pixels)"
             )
         with _pillow_settings(max_pixels=limit):
             img.load()  # every pixel: a truncated file fails here
-            load_rgb(img)  # EXIF rotation and mode conversions, exactly as training does them
-    return None
+            # EXIF rotation and mode conversions, exactly as training does them
+            return load_rgb(img).copy(), None
 
 
 @contextmanager
@@ -150,23 +160,52 @@ def check_files(
 
     `cache` (see `cache_file`): verdicts of an earlier call are reused for files whose size,
     mtime and pixel limit are unchanged; the file is rewritten with the verdicts of `paths`.
+    One process at a time checks with the same cache (on this node, or on every node that
+    shares it): the others wait, then find the verdicts there.
     """
-    limit = pixel_limit(max_pixels)
-    stamps = {p: _stamp(p) for p in paths}
-    known = _read_cache(cache) if cache is not None else {}
-    verdicts: dict[str, str | None] = {}
-    todo = []
+    if cache is None:
+        return _bad(_check_all(list(paths), pixel_limit(max_pixels), workers or default_workers()))
+    with locks.held(_lock_file(cache), "checking these images"):
+        limit = pixel_limit(max_pixels)
+        stamps = {p: _stamp(p) for p in paths}
+        known = _read_cache(cache)
+        verdicts = _known_verdicts(paths, stamps, known, limit)
+        todo = [p for p in paths if p not in verdicts]
+        verdicts.update(_check_all(todo, limit, workers or default_workers()))
+        if todo or len(known) != len(paths):
+            _write_cache(cache, _entries(paths, stamps, limit, verdicts))
+    return _bad(verdicts)
+
+
+def remember(
+    paths: Sequence[str], bad: dict[str, str], max_pixels: int | None, cache: Path
+) -> None:
+    """Keep verdicts found by another decode of `paths` (the pixel cache's) in `cache`, so a
+    later check or `trainer scan` of the same files decodes none of them again."""
+    with locks.held(_lock_file(cache), "checking these images"):
+        stamps = {p: _stamp(p) for p in paths}
+        verdicts = {p: bad.get(p) for p in paths}
+        _write_cache(cache, _entries(paths, stamps, pixel_limit(max_pixels), verdicts))
+
+
+def _bad(verdicts: dict[str, str | None]) -> dict[str, str]:
+    return {p: reason for p, reason in verdicts.items() if reason is not None}
+
+
+def _known_verdicts(
+    paths: Sequence[str], stamps: dict, known: dict[str, list], limit: int | None
+) -> dict[str, str | None]:
+    """The cached verdicts still valid: same size, mtime and pixel limit."""
+    verdicts = {}
     for p in paths:
         entry = known.get(os.path.abspath(p))
         if stamps[p] is not None and entry is not None and entry[:3] == [*stamps[p], limit]:
             verdicts[p] = entry[3]
-        else:
-            todo.append(p)
-    verdicts.update(_check_all(todo, limit, workers or default_workers()))
-    if cache is not None and (todo or len(known) != len(paths)):
-        entries = {os.path.abspath(p): [*stamps[p], limit, verdicts[p]] for p in paths if stamps[p]}
-        _write_cache(cache, entries)
-    return {p: reason for p, reason in verdicts.items() if reason is not None}
+    return verdicts
+
+
+def _entries(paths: Sequence[str], stamps: dict, limit: int | None, verdicts: dict) -> dict:
+    return {os.path.abspath(p): [*stamps[p], limit, verdicts[p]] for p in paths if stamps[p]}
 
 
 def _stamp(path: str) -> tuple[int, int] | None:
@@ -227,7 +266,8 @@ def _mp_context() -> multiprocessing.context.BaseContext:
 
 def cache_dir() -> Path:
     """trainer's own small caches: $TRAINER_CACHE_DIR, else $XDG_CACHE_HOME/trainer, else
-    ~/.cache/trainer. A home shared by all nodes is fine: files are replaced atomically, never locked."""
+    ~/.cache/trainer. A home shared by all nodes is fine: files are replaced atomically, and
+    one process at a time fills them (`trainer.locks`)."""
     if os.environ.get("TRAINER_CACHE_DIR"):
         return Path(os.environ["TRAINER_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -238,6 +278,10 @@ def cache_file(root: str | Path) -> Path:
     """The verdicts for the images under `root`: CACHE_DIR/scan/<hash of the absolute root>.json."""
     digest = hashlib.sha256(str(Path(root).resolve()).encode("utf-8")).hexdigest()[:24]
     return cache_dir() / "scan" / f"{digest}.json"
+
+
+def _lock_file(cache: Path) -> Path:
+    return cache.with_name(cache.name + ".lock")
 
 
 def _read_cache(path: Path) -> dict[str, list]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import os
-import time
 import zlib
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -48,7 +47,6 @@ class DataIndex:
     notes: list[str] = field(default_factory=list)  # things the user should hear about
     bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), left out
     ignored: list[str] = field(default_factory=list)  # files that are not images by their name
-    check_seconds: float = 0.0  # of the scan, the bad-file check's (decoding every image)
 
     def counts(self) -> dict[str, int]:
         """Images per split."""
@@ -62,15 +60,36 @@ class DataIndex:
         return counts
 
 
+@dataclass
+class Listing:
+    """A folder's image files before any is decoded: its layout and class folders."""
+
+    root: Path
+    split_dirs: dict[str, Path] | None  # None: one folder of classes, split by data.split
+    trees: dict[str, ClassFolders]  # per split folder ("all" when not pre-split)
+    walk: Walk
+    notes: list[str]
+
+    def paths(self) -> list[str]:
+        """Every listed file once, in listing order."""
+        return [f for tree in self.trees.values() for files in tree.values() for f in files]
+
+
 def scan(cfg: DataConfig, workers: int | None = None) -> DataIndex:
     """Index `cfg.root` into train/val/test lists; raises DataError for unusable folders and for
     layouts that could be read two ways (see `layout.split_folders`; data.layout says which).
 
     With `cfg.check_images`, bad files (see `badfiles.check_file`) are found with `workers`
     processes (default: all CPUs) and left out before the split, or raise with
-    `cfg.on_bad_file=error`. The verdicts are cached, so ranks that scan after the main one
-    (`main_process_first`) only read them.
+    `cfg.on_bad_file=error`. The verdicts are cached, so a second scan, or ranks that wait for
+    the first, only read them.
     """
+    listing = list_images(cfg)
+    return index(listing, cfg, find_bad_files(listing, cfg, workers))
+
+
+def list_images(cfg: DataConfig) -> Listing:
+    """The layout and the class folders' image files of `cfg.root`, nothing decoded."""
     if not cfg.root:
         raise DataError("data.root is not set: pass data.root=/path/to/images")
     notes: list[str] = []
@@ -81,63 +100,72 @@ def scan(cfg: DataConfig, workers: int | None = None) -> DataIndex:
     else:
         trees = {"all": class_folders(root, walk)}
         note_loose_images(root, notes)
-    started = time.perf_counter()
-    bad = _find_bad_files(trees, root, cfg, workers)
-    check_seconds = time.perf_counter() - started
-    trees = {s: _without(tree, bad) for s, tree in trees.items()}
+    return Listing(root, split_dirs, trees, walk, notes)
+
+
+def index(listing: Listing, cfg: DataConfig, bad: dict[str, str]) -> DataIndex:
+    """The splits of the listed files without the `bad` ones ({path: reason})."""
+    root, split_dirs, walk = listing.root, listing.split_dirs, listing.walk
+    trees = {s: _without(tree, bad) for s, tree in listing.trees.items()}
     if split_dirs is not None:
-        index = _index_pre_split(root, split_dirs, trees, cfg)
-        _note_cross_split(index, cfg)
+        found = _index_pre_split(root, split_dirs, trees, cfg)
+        _note_cross_split(found, cfg)
     else:
-        index = _index_ratio_split(root, trees["all"], cfg)
-    index.notes[:0] = notes
-    index.bad_files, index.ignored = sorted(bad.items()), sorted(walk.ignored)
-    index.check_seconds = check_seconds
+        found = _index_ratio_split(root, trees["all"], cfg)
+    found.notes[:0] = listing.notes
+    found.bad_files, found.ignored = sorted(bad.items()), sorted(walk.ignored)
     if bad:
-        index.notes.insert(
+        found.notes.insert(
             0, f"{len(bad)} bad files skipped, listed in bad_files.csv of the run folder"
         )
     if walk.ignored:
         names = ", ".join(sorted({Path(p).name for p in walk.ignored})[:5])
-        index.notes.append(
+        found.notes.append(
             f"{len(walk.ignored)} files ignored as not images by their name ({names})"
         )
-    index.notes.extend(walk.notes(root))
-    return _warn_small_classes(index)
+    found.notes.extend(walk.notes(root))
+    return _warn_small_classes(found)
 
 
 MAX_LISTED = 10  # bad files named in an error message; `trainer scan` lists them all
 
 
-def _find_bad_files(
-    trees: dict[str, ClassFolders], root: Path, cfg: DataConfig, workers: int | None
-) -> dict[str, str]:
+def find_bad_files(listing: Listing, cfg: DataConfig, workers: int | None = None) -> dict[str, str]:
     """{path: reason} of the files that do not decode ({} without data.check_images); raises
     with data.on_bad_file=error."""
     if not cfg.check_images:
         return {}
-    paths = [f for tree in trees.values() for files in tree.values() for f in files]
+    root = listing.root
     try:
-        bad = check_files(paths, cfg.max_image_pixels, workers, cache_file(root))
+        bad = check_files(listing.paths(), cfg.max_image_pixels, workers, cache_file(root))
     except BrokenProcessPool:  # a decoding process was killed, e.g. out of memory
         raise DataError(
             f"a process checking the images in {root} died (out of memory on a huge image?): "
             "lower data.max_image_pixels, or turn the check off with data.check_images=false"
         ) from None
+    return left_out(bad, root, cfg)
+
+
+def left_out(bad: dict[str, str], root: Path, cfg: DataConfig) -> dict[str, str]:
+    """The files a run leaves out of those that failed to decode (`bad`, by the check or by the
+    pixel cache's build): all of them; an error with data.on_bad_file=error, or when the check
+    was turned off (data.check_images=false) and the pixel cache met them anyway."""
+    if bad and not cfg.check_images:
+        raise _bad_files_error(bad, root, "data.check_images=false", "data.check_images=true")
     if bad and cfg.on_bad_file == "error":
-        raise _bad_files_error(bad, root)
+        raise _bad_files_error(bad, root, "data.on_bad_file=error", "data.on_bad_file=skip")
     return bad
 
 
-def _bad_files_error(bad: dict[str, str], root: Path) -> DataError:
+def _bad_files_error(bad: dict[str, str], root: Path, setting: str, way_out: str) -> DataError:
     listed = [f"  {os.path.relpath(p, root)}: {bad[p]}" for p in sorted(bad)[:MAX_LISTED]]
     more = [f"  ... and {len(bad) - MAX_LISTED} more"] if len(bad) > MAX_LISTED else []
-    way_out = (
-        "fix or remove them, or set data.on_bad_file=skip to train without them "
+    fix = (
+        f"fix or remove them, or set {way_out} to train without them "
         f"(`trainer scan {root}` lists them all)"
     )
-    head = f"{len(bad)} bad image files in {root} (data.on_bad_file=error):"
-    return DataError("\n".join([head, *listed, *more, way_out]))
+    head = f"{len(bad)} bad image files in {root} ({setting}):"
+    return DataError("\n".join([head, *listed, *more, fix]))
 
 
 def _without(tree: ClassFolders, bad: dict[str, str]) -> ClassFolders:
@@ -273,32 +301,34 @@ def stratified_split(
     are in other classes' groups may have none in train. Without groups every unit is one
     image, and the split is the same as before groups existed.
     """
-    label_of = dict(items)
     units_of: dict[int, list[list[tuple[str, int]]]] = {}
     grouped: set[str] = set()
+    label_of = dict(items) if groups else {}  # ~40 MB at 10^6 items, so only when needed
     for group in groups:
         labels = [label_of[p] for p in group]
         owner = max(sorted(set(labels)), key=labels.count)
         units_of.setdefault(owner, []).append(sorted((p, label_of[p]) for p in group))
         grouped.update(group)
-    for path, label in items:
-        if path not in grouped:
-            units_of.setdefault(label, []).append([(path, label)])
+    for item in items:
+        if item[0] not in grouped:
+            units_of.setdefault(item[1], []).append([item])
     parts: list[list[tuple[str, int]]] = [[] for _ in ratios]
     for label in sorted(units_of):
         units = sorted(units_of[label])
         name = class_names[label] if class_names else str(label)
         rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
         order = rng.permutation(len(units))
-        n = sum(len(u) for u in units)
+        lengths = np.array([len(u) for u in units], dtype=np.int64)[order]
+        n = int(lengths.sum())
         sizes = [round(n * r) for r in ratios[1:]]
         while n - sum(sizes) < 1 and any(sizes):  # keep one image for training
             sizes[max(range(len(sizes)), key=lambda i: sizes[i])] -= 1
         bounds = np.cumsum([n - sum(sizes), *sizes])
         # A unit goes to the part whose share holds its first image's position in the order.
-        lengths = np.array([len(units[i]) for i in order], dtype=np.int64)
+        # As Python ints (tolist): indexing with numpy scalars costs seconds at 10^6 images.
         starts = np.cumsum(lengths) - lengths
-        for i, part in zip(order, np.searchsorted(bounds, starts, side="right")):
+        part_of = np.searchsorted(bounds, starts, side="right")
+        for i, part in zip(order.tolist(), part_of.tolist()):
             parts[part].extend(units[i])
     return [sorted(p) for p in parts]
 

@@ -20,12 +20,14 @@ from accelerate.utils import set_seed
 
 from trainer import runtime
 from trainer.config import RunConfig
-from trainer.data import loaders, splits
-from trainer.data.pipelines import choose
+from trainer.data import badfiles, loaders, splits
+from trainer.data.pipelines import choose, pixelcache
 from trainer.data.pipelines.base import Inputs, Pipeline
+from trainer.data.pipelines.pixelcache import PixelCache
 from trainer.data.splits import DataIndex
 from trainer.data.transforms import Preprocessing
-from trainer.model.classifier import build_model
+from trainer.model.backbones import build_backbone
+from trainer.model.classifier import Classifier, build_head
 from trainer.train import distributed, losses, rundir, settings, state
 from trainer.train.checkpointer import Checkpointer
 from trainer.train.ema import ModelEMA, NoEMA, make_ema
@@ -66,7 +68,7 @@ def setup(
     cfg: RunConfig, accelerator: Accelerator, claim: rundir.Claim, startup: Startup
 ) -> tuple[Context, State, torch.nn.Module]:
     """The run's context, where it starts (fresh or from a checkpoint) and its model."""
-    index, model, pre = _inputs(cfg, accelerator, startup)
+    index, model, pre, prepared = _inputs(cfg, accelerator, startup)
     # Lock output_dir (refusing one that is not a run's or is in use), then start fresh or
     # continue the run there: the first time anything in it is written or moved.
     claim.acquire()
@@ -77,9 +79,7 @@ def setup(
     startup.lap("run folder")
     # Distinct augmentation randomness per rank from here on (the weights are already equal).
     set_seed(cfg.train.seed + accelerator.process_index)
-    pre = pre.with_size(cfg.data.image_size)
-    pipeline = _pipeline(cfg, accelerator, index, pre)
-    startup.lap("cache build")
+    pipeline = _pipeline(cfg, accelerator, index, pre, prepared)
     criterion = losses.make_criterion(cfg.train, index.class_counts("train"), accelerator.device)
     mixer = losses.batch_mixer(cfg.train, len(index.class_names)) or losses.no_mixing
     tracker = Tracker(
@@ -136,28 +136,73 @@ def _selector(
 
 def _inputs(
     cfg: RunConfig, accelerator: Accelerator, startup: Startup
-) -> tuple[DataIndex, torch.nn.Module, Preprocessing]:
+) -> tuple[DataIndex, torch.nn.Module, Preprocessing, Prepared]:
     """The data's index and the model with its initial weights, checked before output_dir is
     touched: a typo in data.root or model.name must not cost the run that output_dir holds."""
     rundir.check_placement(cfg.output_dir, cfg.data.root)
     set_seed(cfg.train.seed)  # the same initial weights on every rank
     if cfg.data.max_image_pixels:  # what the scan let through, the loader must open
         PIL.Image.MAX_IMAGE_PIXELS = cfg.data.max_image_pixels
-    # The main process checks every image first; the others then read its cached verdicts,
-    # so every rank leaves out the same bad files.
-    with accelerator.main_process_first():
-        index = splits.scan(cfg.data)
-    startup.lap("index", check=index.check_seconds)
+    # The backbone first: its preprocessing sizes the pixel cache built while indexing.
     with accelerator.main_process_first():  # one download of pretrained weights
-        model, pre = build_model(cfg.model, len(index.class_names))
+        backbone, dim, pre = build_backbone(cfg.model.name, cfg.model.pretrained)
     startup.lap("model build")
-    return index, model, pre
+    pre = pre.with_size(cfg.data.image_size)
+    index, prepared = _index(cfg, accelerator, pre, startup)
+    model = Classifier(backbone, build_head(cfg.model, dim, len(index.class_names)))
+    startup.lap("model build")
+    return index, model, pre, prepared
+
+
+@dataclass
+class Prepared:
+    """The input pipeline chosen while indexing, and the pixel cache when it is the cached one."""
+
+    pipeline: str  # pil, cached or decode
+    pixels: PixelCache | None
+
+
+def _index(
+    cfg: RunConfig, accelerator: Accelerator, pre: Preprocessing, startup: Startup
+) -> tuple[DataIndex, Prepared]:
+    """The index of data.root. The cached pipeline's pixel cache is built here, before the
+    split: its decode of each file is also the bad-file check. Every rank runs this at once:
+    one process per cache folder decodes while the others wait for it (`trainer.locks`)."""
+    listing = splits.list_images(cfg.data)
+    startup.lap("index")
+    name, why = choose.choose(cfg.data, len(listing.paths()), pre.resize_size)
+    accelerator.print(f"input: {why}")
+    pixels = None
+    if name == "cached":
+        pixels = pixelcache.build(
+            listing.paths(),
+            pre,
+            cfg.data,
+            badfiles.default_workers(),
+            say=accelerator.print,
+            tell=lambda line: print(line, flush=True),  # a build or a wait, by any process
+        )
+        bad = splits.left_out(pixels.bad, listing.root, cfg.data)
+        if accelerator.is_main_process and cfg.data.check_images:  # for `trainer scan`, pil runs
+            verdicts = badfiles.cache_file(listing.root)
+            badfiles.remember(listing.paths(), pixels.bad, cfg.data.max_image_pixels, verdicts)
+        startup.lap("cache build")
+    else:
+        bad = splits.find_bad_files(listing, cfg.data)
+        startup.lap("check")
+    index = splits.index(listing, cfg.data, bad)
+    startup.lap("index")
+    return index, Prepared(name, pixels)
 
 
 def _pipeline(
-    cfg: RunConfig, accelerator: Accelerator, index: DataIndex, pre: Preprocessing
+    cfg: RunConfig,
+    accelerator: Accelerator,
+    index: DataIndex,
+    pre: Preprocessing,
+    prepared: Prepared,
 ) -> Pipeline:
-    """data.pipeline's choice over the index's splits (the cached one decodes them here)."""
+    """The input pipeline chosen while indexing, over the index's splits."""
     workers = loaders.auto_num_workers(cfg.data.num_workers, runtime.local_world_size(accelerator))
     inputs = Inputs(
         cfg.data,
@@ -168,7 +213,7 @@ def _pipeline(
         workers=workers,
         eval_batch=settings.eval_batch_size(cfg.train),
     )
-    return choose.build(inputs, accelerator)
+    return choose.build(inputs, accelerator, prepared.pipeline, prepared.pixels)
 
 
 def _start(

@@ -1,5 +1,6 @@
-"""The cached pipeline: every split decoded once into the pixel cache, crops and flips drawn per
-image on the CPU and applied to whole batches on the device.
+"""The cached pipeline: every indexed file decoded once into the pixel cache (while indexing, as
+its bad-file check), crops and flips drawn per image on the CPU and applied to whole batches on
+the device.
 
 Training crops (RandomResizedCrop's rule, inside the cached S x S square) and flips are drawn per
 image from (seed, epoch, row), like the PIL path's augmentation, so resumed runs stay exact; the
@@ -11,7 +12,6 @@ gathered from it, with no loader workers and no host copy per batch.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 
 import torch
@@ -21,7 +21,7 @@ from trainer.config import DataConfig
 from trainer.data.loaders import make_loader, make_train_loader
 from trainer.data.pipelines.base import Inputs
 from trainer.data.pipelines.device import DeviceTransform, Samples
-from trainer.data.pipelines.pixelcache import PixelCache, build, keep_on_device
+from trainer.data.pipelines.pixelcache import PixelCache, keep_on_device
 from trainer.data.sampling import EpochBatchSampler, sample_seed
 
 
@@ -96,21 +96,12 @@ class CachedPipeline:
 
     name = "cached"
 
-    def __init__(self, inputs: Inputs, caches: dict[str, PixelCache], device: torch.device, say):
-        self.inputs, self.caches, self.device, self.say = inputs, caches, device, say
+    def __init__(self, inputs: Inputs, pixels: PixelCache, device: torch.device, say):
+        """Over `pixels`, the cache of every indexed file (`pixelcache.build`), seen per split."""
+        self.inputs, self.device, self.say = inputs, device, say
+        self.caches = {split: pixels.split(inputs.paths(split)) for split in inputs.splits}
         self.transform = DeviceTransform(inputs.pre, device)
         self.resident: PixelCache | None = None  # the train cache in device memory, if kept there
-
-    @classmethod
-    def build(cls, inputs: Inputs, accelerator) -> CachedPipeline:
-        """Every split's cache: the main process decodes, the others then find it complete."""
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        say = accelerator.print if accelerator.is_main_process else (lambda *_: None)
-        caches = {}
-        with accelerator.main_process_first():
-            for split in inputs.splits:
-                caches[split] = build(inputs.paths(split), inputs.pre, inputs.cfg, cpus or 1, say)
-        return cls(inputs, caches, accelerator.device, accelerator.print)
 
     def _train_cache(self) -> PixelCache:
         """The train cache in device memory when it is to be kept there: copied at the first
@@ -118,7 +109,7 @@ class CachedPipeline:
         cache = self.caches["train"]
         if self.resident is None and keep_on_device(self.inputs.cfg, cache, self.device):
             self.resident = cache.to_device(self.device)
-            self.say(f"pixel cache: {cache.pixels.nbytes / 1e6:.0f} MB held on the device")
+            self.say(f"pixel cache: {cache.nbytes / 1e6:.0f} MB held on the device")
         return self.resident if self.resident is not None else cache
 
     def train_loader(self, sampler: EpochBatchSampler) -> DataLoader:

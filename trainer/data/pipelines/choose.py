@@ -14,7 +14,7 @@ from trainer.data.pipelines.base import Inputs, Pipeline
 from trainer.data.pipelines.cached import CachedPipeline
 from trainer.data.pipelines.decode import DecodePipeline
 from trainer.data.pipelines.pil import PilPipeline
-from trainer.data.pipelines.pixelcache import cache_root
+from trainer.data.pipelines.pixelcache import PixelCache, cache_root
 
 
 def choose(cfg: DataConfig, n_images: int, size: int) -> tuple[str, str]:
@@ -56,14 +56,12 @@ def choose(cfg: DataConfig, n_images: int, size: int) -> tuple[str, str]:
     return "cached", f"cached pipeline: images decoded once at {size}px, augmented in batches"
 
 
-def build(inputs: Inputs, accelerator) -> Pipeline:
-    """The pipeline data.pipeline chooses, ready to give loaders (the cached one has decoded
-    every split by now, on the main process first)."""
-    n = sum(len(items) for items in inputs.splits.values())
-    name, why = choose(inputs.cfg, n, inputs.pre.resize_size)
-    accelerator.print(f"input: {why}")
+def build(inputs: Inputs, accelerator, name: str, pixels: PixelCache | None) -> Pipeline:
+    """The pipeline `choose` named, ready to give loaders (the cached one over `pixels`, the
+    pixel cache of every indexed file, already built)."""
     if name == "pil":
         return PilPipeline(inputs)
     if name == "decode":
         return DecodePipeline(inputs, accelerator.device)
-    return CachedPipeline.build(inputs, accelerator)
+    assert pixels is not None, "the cached pipeline needs the pixel cache built while indexing"
+    return CachedPipeline(inputs, pixels, accelerator.device, accelerator.print)

@@ -3,8 +3,13 @@
 Decoding a JPEG costs far more than a training step's share of a GPU, so each image is decoded
 once into a uint8 cache at cache resolution S (the eval resize, e.g. 256 for a 224 crop):
   CACHE/<key>/pixels.u8   N x S x S x 3 bytes, memory-mapped; CACHE/<key>/meta.json written last
-The key is a hash of every file's path, size and mtime, S and the resampling, so a second run
-reuses the cache and any change to the data or the resolution builds a new one.
+One cache holds every file a run indexed, one row each, before the split: the same decode is the
+bad-file check (a file that fails is recorded in meta.json, its row left zero, and the index leaves
+it out before splitting), so a first run decodes each image once. The key is a hash of every
+file's path, size and mtime, S, the resampling and the pixel limit, so a second run reuses the
+cache and any change to the data or the resolution builds a new one. One process builds a given
+cache while the others that need it wait (a lock file next to it): one build per node with
+node-local cache folders, one in all with a shared one.
 
 Each image is resized so its shorter side is S (the same call the eval transform makes) and cut
 to an S x S square placed so that the eval view (a center crop of image_size) has exactly the
@@ -21,21 +26,25 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from trainer import locks, progress
 from trainer.config import DataConfig
+from trainer.data.badfiles import decode_checked, pixel_limit
 from trainer.data.transforms import Preprocessing, center_crop_offset, load_rgb
 from trainer.data.workers import ctrl_c_held, ignore_ctrl_c
 
-FORMAT = 1  # bump when the cache layout or the resize changes
+FORMAT = 2  # bump when the cache layout or the resize changes (2: a row per file, bad ones too)
 STALE_AFTER_S = 24 * 3600  # a build folder of another host untouched this long is abandoned
+PROGRESS_FROM = 1000  # show the build's progress from this many images
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -45,8 +54,8 @@ def cache_root(cfg: DataConfig) -> Path:
     return Path(base) / "pixels"
 
 
-def cache_key(paths: Sequence[str], size: int, interpolation: str) -> str:
-    h = hashlib.sha256(f"{FORMAT}|{size}|{interpolation}".encode())
+def cache_key(paths: Sequence[str], size: int, interpolation: str, limit: int | None) -> str:
+    h = hashlib.sha256(f"{FORMAT}|{size}|{interpolation}|{limit}".encode())
     for path in paths:
         st = os.stat(path)
         h.update(f"|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -64,7 +73,11 @@ def square_offsets(h: int, w: int, size: int, crop: int) -> tuple[int, int]:
 
 def decode(path: str, pre: Preprocessing, size: int) -> np.ndarray:
     """One image as the S x S x 3 uint8 square the cache stores."""
-    img = TF.resize(load_rgb(path), size, interpolation=InterpolationMode(pre.interpolation))
+    return _square(load_rgb(path), pre, size)
+
+
+def _square(rgb: Image.Image, pre: Preprocessing, size: int) -> np.ndarray:
+    img = TF.resize(rgb, size, interpolation=InterpolationMode(pre.interpolation))
     w, h = img.size
     top, left = square_offsets(h, w, size, pre.image_size)
     return np.array(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
@@ -72,20 +85,44 @@ def decode(path: str, pre: Preprocessing, size: int) -> np.ndarray:
 
 @dataclass
 class PixelCache:
+    """The squares of the files a cache was built from (`paths`, one row each, in order), or of
+    a split of them (`rows`)."""
+
     folder: Path
     size: int
     pixels: np.ndarray  # memory-mapped N x S x S x 3 uint8
-    resident: torch.Tensor | None = None  # the same pixels in device memory (cache_on_device)
+    paths: Sequence[str] = ()  # the files of the rows of `pixels`
+    bad: dict[str, str] = field(default_factory=dict)  # path -> why it does not decode (zeros)
+    rows: np.ndarray | None = None  # this split's rows of `pixels`; None: every row, in order
+    resident: torch.Tensor | None = None  # this split's pixels in device memory (cache_on_device)
+
+    def split(self, paths: Sequence[str]) -> PixelCache:
+        """The same cache seen as `paths` only (a split's files, in its order)."""
+        row_of = {path: row for row, path in enumerate(self.paths)}
+        rows = np.array([row_of[p] for p in paths], dtype=np.int64)
+        return PixelCache(self.folder, self.size, self.pixels, self.paths, self.bad, rows)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * self.size * self.size * 3
+
+    def __len__(self) -> int:
+        return len(self.pixels) if self.rows is None else len(self.rows)
+
+    def _rows(self, rows: Sequence[int]) -> Sequence[int]:
+        return rows if self.rows is None else self.rows[rows]
 
     def to_device(self, device: torch.device) -> PixelCache:
         """A copy whose batches are gathered in device memory: no host copy per batch."""
-        resident = torch.from_numpy(np.asarray(self.pixels)).to(device)
-        return PixelCache(self.folder, self.size, self.pixels, resident)
+        own = np.asarray(self.pixels if self.rows is None else self.pixels[self.rows])
+        resident = torch.from_numpy(own).to(device)
+        return replace(self, resident=resident)
 
     def center(self, row: int, crop: int) -> torch.Tensor:
         """The eval view of one image: its center crop of `crop`, uint8 HWC."""
         t = center_crop_offset(self.size, crop)
-        return torch.from_numpy(np.array(self.pixels[row, t : t + crop, t : t + crop]))
+        i = row if self.rows is None else int(self.rows[row])
+        return torch.from_numpy(np.array(self.pixels[i, t : t + crop, t : t + crop]))
 
     def gather(self, rows: list[int], crop: int | None) -> dict:
         """{"pixels": B x S x S x 3} for augmentation, or the center crops when `crop` is given
@@ -95,7 +132,7 @@ class PixelCache:
         if self.resident is not None:
             index = torch.tensor(rows, device=self.resident.device)
             return {"pixels": self.resident.index_select(0, index)}
-        return {"pixels": torch.from_numpy(np.ascontiguousarray(self.pixels[rows]))}
+        return {"pixels": torch.from_numpy(np.ascontiguousarray(self.pixels[self._rows(rows)]))}
 
 
 def keep_on_device(cfg: DataConfig, cache: PixelCache, device: torch.device) -> bool:
@@ -105,50 +142,92 @@ def keep_on_device(cfg: DataConfig, cache: PixelCache, device: torch.device) -> 
     if device.type != "cuda":
         return False
     free, _ = torch.cuda.mem_get_info(device)
-    return cache.pixels.nbytes < free / 4
+    return cache.nbytes < free / 4
 
 
 def build(
-    paths: Sequence[str], pre: Preprocessing, cfg: DataConfig, workers: int, say=print
+    paths: Sequence[str],
+    pre: Preprocessing,
+    cfg: DataConfig,
+    workers: int,
+    say: Callable[[str], None] = print,
+    tell: Callable[[str], None] | None = None,
 ) -> PixelCache:
-    """The cache of these images, reused when it exists, else decoded in parallel (collective-
-    free: call it on the main process first, then on the others, which find it complete)."""
-    size = pre.resize_size
-    folder = cache_root(cfg) / cache_key(paths, size, pre.interpolation)
-    n = len(paths)
+    """The cache of these images, reused when it exists, else decoded in parallel. Each file is
+    decoded once, strictly, as the bad-file check decodes it: the files that fail are in
+    `.bad` (data.max_image_pixels is part of the key). One process builds a cache at a time,
+    wherever it runs: others that need it wait for it (`trainer.locks`), then read it. `say`
+    tells of a reused cache; `tell` (default `say`) of a build or a wait, on any process."""
+    tell = tell or say
+    size, limit = pre.resize_size, pixel_limit(cfg.max_image_pixels)
+    key = cache_key(paths, size, pre.interpolation, limit)
+    folder = cache_root(cfg) / key
+    built = False
     if not (folder / "meta.json").is_file():
-        start = time.perf_counter()
-        remove_stale_builds(folder.parent)
-        tmp = folder.with_name(f"{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+        with locks.held(
+            folder.with_name(f"{key}.lock"), f"building the pixel cache {folder}", tell
+        ):
+            if not (folder / "meta.json").is_file():  # else finished by the one waited for
+                _build_folder(folder, paths, pre, size, limit, workers, tell)
+                built = True
+    if not built:
+        say(f"pixel cache: reusing {folder} ({len(paths)} images at {size}px)")
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    pixels = np.memmap(
+        folder / "pixels.u8", dtype=np.uint8, mode="r", shape=(len(paths), size, size, 3)
+    )
+    bad = {paths[int(row)]: reason for row, reason in meta["bad"].items()}
+    return PixelCache(folder, size, pixels, list(paths), bad)
+
+
+def _build_folder(
+    folder: Path,
+    paths: Sequence[str],
+    pre: Preprocessing,
+    size: int,
+    limit: int | None,
+    workers: int,
+    tell: Callable[[str], None],
+) -> None:
+    """Decode into a temporary folder of this process, then rename it into place."""
+    start = time.perf_counter()
+    remove_stale_builds(folder.parent)
+    tmp = folder.with_name(f"{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    try:
+        _decode_into(tmp, paths, pre, size, limit, workers)
         try:
-            _decode_into(tmp, paths, pre, size, workers)
-            try:
-                os.replace(tmp, folder)
-            except OSError:  # another process finished the same cache first
-                pass
-        finally:  # interrupted (Ctrl-C, an unreadable image, a full disk): leave nothing behind
-            shutil.rmtree(tmp, ignore_errors=True)
-        say(
-            f"pixel cache: {n} images decoded in {time.perf_counter() - start:.1f}s, "
-            f"{n * size * size * 3 / 1e6:.1f} MB at {folder}"
-        )
-    else:
-        say(f"pixel cache: reusing {folder} ({n} images at {size}px)")
-    pixels = np.memmap(folder / "pixels.u8", dtype=np.uint8, mode="r", shape=(n, size, size, 3))
-    return PixelCache(folder, size, pixels)
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same cache first (no lock here)
+            pass
+    finally:  # interrupted (Ctrl-C, a full disk): leave nothing behind
+        shutil.rmtree(tmp, ignore_errors=True)
+    n = len(paths)
+    tell(
+        f"pixel cache: {n} images decoded in {time.perf_counter() - start:.1f}s, "
+        f"{n * size * size * 3 / 1e6:.1f} MB at {folder} (by process {os.getpid()} on "
+        f"{socket.gethostname()})"
+    )
 
 
-def _fill(args: tuple[str, Sequence[tuple[int, str]], int, int, Preprocessing]) -> int:
-    file, jobs, n, size, pre = args
+def _fill(
+    args: tuple[str, Sequence[tuple[int, str]], int, int, Preprocessing, int | None],
+) -> tuple[int, dict[int, str]]:
+    """Decode one job's files into their rows: (files done, {row: why it is bad})."""
+    file, jobs, n, size, pre, limit = args
     pixels = np.memmap(file, dtype=np.uint8, mode="r+", shape=(n, size, size, 3))
+    bad = {}
     for row, path in jobs:
-        pixels[row] = decode(path, pre, size)
+        rgb, reason = decode_checked(path, limit)
+        if rgb is None:
+            bad[row] = reason
+        else:
+            pixels[row] = _square(rgb, pre, size)
     pixels.flush()
-    return len(jobs)
+    return len(jobs), bad
 
 
 def _decode_into(
-    tmp: Path, paths: Sequence[str], pre: Preprocessing, size: int, workers: int
+    tmp: Path, paths: Sequence[str], pre: Preprocessing, size: int, limit: int | None, workers: int
 ) -> None:
     """A complete cache folder at `tmp`: pixels.u8 filled, then meta.json (which marks it done)."""
     n = len(paths)
@@ -157,20 +236,34 @@ def _decode_into(
     file = tmp / "pixels.u8"
     np.memmap(file, dtype=np.uint8, mode="w+", shape=(n, size, size, 3)).flush()
     chunk = max(1, min(256, math.ceil(n / max(1, workers) / 4)))
-    jobs = [
-        (str(file), list(enumerate(paths))[i : i + chunk], n, size, pre) for i in range(0, n, chunk)
-    ]
-    if workers > 1 and n > chunk:
-        with ctrl_c_held():  # the workers are forked here
-            pool = mp.get_context("fork").Pool(workers, initializer=ignore_ctrl_c)
-        with pool:
-            for _ in pool.imap_unordered(_fill, jobs):
-                pass
-    else:
-        for job in jobs:
-            _fill(job)
-    meta = {"images": n, "size": size, "bytes": n * size * size * 3, "format": FORMAT}
+    rows = list(enumerate(paths))
+    jobs = [(str(file), rows[i : i + chunk], n, size, pre, limit) for i in range(0, n, chunk)]
+    bad: dict[int, str] = {}
+    bar = progress.bar(None, "pixel cache", total=n, unit="images", disable=n < PROGRESS_FROM)
+    with bar:
+        for done, found in _run_jobs(jobs, workers if n > chunk else 1):
+            bad.update(found)
+            bar.update(done)
+    meta = {
+        "images": n,
+        "size": size,
+        "bytes": n * size * size * 3,
+        "format": FORMAT,
+        "bad": {str(row): bad[row] for row in sorted(bad)},
+        "built_by": f"process {os.getpid()} on {socket.gethostname()}",
+    }
     (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+def _run_jobs(jobs: list, workers: int) -> Iterator[tuple[int, dict[int, str]]]:
+    """Each job's result, from a pool of forked workers (in this process with 1 worker)."""
+    if workers <= 1:
+        yield from map(_fill, jobs)
+        return
+    with ctrl_c_held():  # the workers are forked here
+        pool = mp.get_context("fork").Pool(workers, initializer=ignore_ctrl_c)
+    with pool:
+        yield from pool.imap_unordered(_fill, jobs)
 
 
 def remove_stale_builds(root: Path, now: float | None = None) -> list[Path]:
