@@ -2,12 +2,16 @@
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+from pathlib import Path
+from subprocess import PIPE, STDOUT
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, accelerate_launch, assert_ok, free_port, make_folder, run_cli
+from tests.conftest import BIN, REPO, accelerate_launch, assert_ok, free_port, make_folder, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -113,3 +117,60 @@ def test_accelerates_own_self_test_passes_with_our_cpu_profile(tmp_path):
     assert_ok(proc)
     assert "DistributedType.MULTI_CPU" in proc.stdout + proc.stderr
     assert "Test is a success" in proc.stdout + proc.stderr
+
+
+def _two_nodes(root, run, caches: tuple, timeout: int = 600) -> list[subprocess.CompletedProcess]:
+    """Two simulated nodes on this machine: two `accelerate launch` commands, machine ranks 0
+    and 1, 2 gloo processes each, node i with TRAINER_CACHE_DIR=caches[i]."""
+    port = str(free_port())
+    procs = []
+    for rank, cache in enumerate(caches):
+        cmd = [str(BIN / "accelerate"), "launch", "--config_file"]
+        cmd += [str(REPO / "accelerate_configs" / "cpu.yaml"), "--num_machines", "2"]
+        cmd += ["--num_processes", "4", "--machine_rank", str(rank)]
+        cmd += ["--main_process_ip", "127.0.0.1", "--main_process_port", port]
+        cmd += [str(REPO / "train.py"), "--config", "cpu-smoke", f"data.root={root}"]
+        cmd += [f"output_dir={run}", "train.epochs=1"]
+        env = {**os.environ, "ACCELERATE_USE_CPU": "true", "TRAINER_CACHE_DIR": str(cache)}
+        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+        procs.append(
+            subprocess.Popen(cmd, cwd=REPO, env=env, stdout=PIPE, stderr=STDOUT, text=True)
+        )
+    outs = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=timeout)
+        outs.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, ""))
+    return outs
+
+
+def _finished_caches(cache: Path) -> list[Path]:
+    """The pixel caches in a TRAINER_CACHE_DIR; nothing else may be left there (no build
+    folder, no lock file)."""
+    entries = list((cache / "pixels").iterdir())
+    assert all((e / "meta.json").is_file() for e in entries), entries
+    return entries
+
+
+def test_two_nodes_build_one_pixel_cache_each_or_one_in_all_when_shared(tmp_path):
+    root = make_folder(tmp_path / "images", ["a", "b", "c"], 10)
+    n = 30
+    own = (tmp_path / "cache-node0", tmp_path / "cache-node1")
+    outs = _two_nodes(root, tmp_path / "run-own", own)
+    for out in outs:
+        assert_ok(out)
+    summary = json.loads((tmp_path / "run-own" / "summary.json").read_text())
+    assert summary["world_size"] == 4 and summary["weights_in_sync"] is True
+    # each node: one process decoded every image once, its other process waited or reused
+    assert [out.stdout.count(f"pixel cache: {n} images decoded in") for out in outs] == [1, 1]
+    assert summary["images_decoded"] == 2 * n
+    assert [len(_finished_caches(c)) for c in own] == [1, 1]
+
+    shared = tmp_path / "cache-shared"
+    outs = _two_nodes(root, tmp_path / "run-shared", (shared, shared))
+    for out in outs:
+        assert_ok(out)
+    summary = json.loads((tmp_path / "run-shared" / "summary.json").read_text())
+    assert summary["weights_in_sync"] is True
+    assert sum(out.stdout.count(f"pixel cache: {n} images decoded in") for out in outs) == 1
+    assert summary["images_decoded"] == n
+    assert len(_finished_caches(shared)) == 1

@@ -150,12 +150,21 @@ def default_workers() -> int:
     return max(1, min(n, 32))
 
 
+class Verdicts(dict):
+    """{path: reason} of the bad files, and how many files were decoded to find them (the rest
+    had cached verdicts)."""
+
+    def __init__(self, bad: dict[str, str], decoded: int):
+        super().__init__(bad)
+        self.decoded = decoded
+
+
 def check_files(
     paths: Sequence[str],
     max_pixels: int | None = None,
     workers: int | None = None,
     cache: Path | None = None,
-) -> dict[str, str]:
+) -> Verdicts:
     """{path: reason} for every bad file among `paths`; good files are left out.
 
     `cache` (see `cache_file`): verdicts of an earlier call are reused for files whose size,
@@ -164,7 +173,8 @@ def check_files(
     shares it): the others wait, then find the verdicts there.
     """
     if cache is None:
-        return _bad(_check_all(list(paths), pixel_limit(max_pixels), workers or default_workers()))
+        found = _check_all(list(paths), pixel_limit(max_pixels), workers or default_workers())
+        return Verdicts(_bad(found), len(paths))
     with locks.held(_lock_file(cache), "checking these images"):
         limit = pixel_limit(max_pixels)
         stamps = {p: _stamp(p) for p in paths}
@@ -174,7 +184,7 @@ def check_files(
         verdicts.update(_check_all(todo, limit, workers or default_workers()))
         if todo or len(known) != len(paths):
             _write_cache(cache, _entries(paths, stamps, limit, verdicts))
-    return _bad(verdicts)
+    return Verdicts(_bad(verdicts), len(todo))
 
 
 def remember(

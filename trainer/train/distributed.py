@@ -64,6 +64,11 @@ def param_checksum(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def total(count: int) -> int:
+    """The sum of `count` over all processes (collective)."""
+    return sum(gather_object([count]))
+
+
 def weights_in_sync(model: torch.nn.Module) -> bool:
     """Every process holds the same trained weights (collective)."""
     return len(set(gather_object([param_checksum(model)]))) == 1

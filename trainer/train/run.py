@@ -49,12 +49,13 @@ def run(cfg: RunConfig) -> dict:
             accelerator.unwrap_model(model, keep_fp32_wrapper=False)
         )
         train_seconds = time.perf_counter() - start
+        decoded = distributed.total(ctx.startup.decoded)
         temperature = calibrate(ctx, state, model)
         split, result, preds = final_eval(ctx, state, model, temperature)
         if split:
             write_report(ctx, state, split, result, preds, temperature)
         test = result if split == "test" else {}
-        summary = summarize(ctx, state, test, train_seconds, in_sync, temperature)
+        summary = summarize(ctx, state, test, train_seconds, in_sync, temperature, decoded)
         sync_cmd = ctx.tracker.finish()
         ctx.accelerator.print(
             f"{done_line(summary, test, train_seconds)}\n"
@@ -180,7 +181,13 @@ def write_report(
 
 
 def summarize(
-    ctx: Context, state: State, test: dict, train_seconds: float, in_sync: bool, temperature: float
+    ctx: Context,
+    state: State,
+    test: dict,
+    train_seconds: float,
+    in_sync: bool,
+    temperature: float,
+    decoded: int,
 ) -> dict:
     """RUN_DIR/summary.json (main process): the run's numbers and where its outputs are."""
     a, p, run_dir = ctx.accelerator, state.progress, ctx.run_dir
@@ -202,6 +209,7 @@ def summarize(
         "mixed_precision": a.mixed_precision,
         "pipeline": ctx.pipeline.name,  # the input path data.pipeline chose: pil, cached, decode
         "time_to_first_step": ctx.startup.summary(),  # seconds, in total and part by part
+        "images_decoded": decoded,  # before training, by all processes: 0 when caches had them
         "weights_in_sync": in_sync,
         "model_dir": str(run_dir / "model"),
         "report": str(run_dir / "report.md"),

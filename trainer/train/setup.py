@@ -183,12 +183,14 @@ def _index(
             tell=lambda line: print(line, flush=True),  # a build or a wait, by any process
         )
         bad = splits.left_out(pixels.bad, listing.root, cfg.data)
+        startup.decoded += pixels.decoded
         if accelerator.is_main_process and cfg.data.check_images:  # for `trainer scan`, pil runs
             verdicts = badfiles.cache_file(listing.root)
             badfiles.remember(listing.paths(), pixels.bad, cfg.data.max_image_pixels, verdicts)
         startup.lap("cache build")
     else:
         bad = splits.find_bad_files(listing, cfg.data)
+        startup.decoded += bad.decoded
         startup.lap("check")
     index = splits.index(listing, cfg.data, bad)
     startup.lap("index")

@@ -94,13 +94,16 @@ class PixelCache:
     paths: Sequence[str] = ()  # the files of the rows of `pixels`
     bad: dict[str, str] = field(default_factory=dict)  # path -> why it does not decode (zeros)
     rows: np.ndarray | None = None  # this split's rows of `pixels`; None: every row, in order
+    decoded: int = (
+        0  # files this process decoded to build it (0: it was there, or another built it)
+    )
     resident: torch.Tensor | None = None  # this split's pixels in device memory (cache_on_device)
 
     def split(self, paths: Sequence[str]) -> PixelCache:
         """The same cache seen as `paths` only (a split's files, in its order)."""
         row_of = {path: row for row, path in enumerate(self.paths)}
         rows = np.array([row_of[p] for p in paths], dtype=np.int64)
-        return PixelCache(self.folder, self.size, self.pixels, self.paths, self.bad, rows)
+        return replace(self, rows=rows, decoded=0)
 
     @property
     def nbytes(self) -> int:
@@ -177,7 +180,7 @@ def build(
         folder / "pixels.u8", dtype=np.uint8, mode="r", shape=(len(paths), size, size, 3)
     )
     bad = {paths[int(row)]: reason for row, reason in meta["bad"].items()}
-    return PixelCache(folder, size, pixels, list(paths), bad)
+    return PixelCache(folder, size, pixels, list(paths), bad, decoded=len(paths) if built else 0)
 
 
 def _build_folder(
