@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.config import DataConfig
-from trainer.data.badfiles import cache_file, check_files
+from trainer.data.badfiles import Verdicts, cache_file, check_files
 from trainer.data.groups import index_groups, read_groups
 from trainer.data.layout import (
     SPLITS,
@@ -130,11 +130,11 @@ def index(listing: Listing, cfg: DataConfig, bad: dict[str, str]) -> DataIndex:
 MAX_LISTED = 10  # bad files named in an error message; `trainer scan` lists them all
 
 
-def find_bad_files(listing: Listing, cfg: DataConfig, workers: int | None = None) -> dict[str, str]:
-    """{path: reason} of the files that do not decode ({} without data.check_images); raises
+def find_bad_files(listing: Listing, cfg: DataConfig, workers: int | None = None) -> Verdicts:
+    """{path: reason} of the files that do not decode (none without data.check_images); raises
     with data.on_bad_file=error."""
     if not cfg.check_images:
-        return {}
+        return Verdicts({}, 0)
     root = listing.root
     try:
         bad = check_files(listing.paths(), cfg.max_image_pixels, workers, cache_file(root))
@@ -143,7 +143,8 @@ def find_bad_files(listing: Listing, cfg: DataConfig, workers: int | None = None
             f"a process checking the images in {root} died (out of memory on a huge image?): "
             "lower data.max_image_pixels, or turn the check off with data.check_images=false"
         ) from None
-    return left_out(bad, root, cfg)
+    left_out(bad, root, cfg)
+    return bad
 
 
 def left_out(bad: dict[str, str], root: Path, cfg: DataConfig) -> dict[str, str]:
