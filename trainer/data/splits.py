@@ -5,9 +5,10 @@
 (holding out part of train/ as validation when there is no val/), a folder of classes by
 `data.split` ratios, stratified per class, reproducibly. The index holds explicit file paths, so
 `datasets`' own imagefolder resolver (slow on large trees) is never run.
-With `data.check_images`, every indexed file is decoded once (`trainer.data.badfiles`, cached)
-and bad files are left out before the split, so the split of the good files is the same on
-every rank. `splits.csv` and `bad_files.csv` put the index in the run folder.
+With `data.check_images`, every indexed file is decoded once (`trainer.data.badfiles`, cached;
+or, in a run of the cached pipeline, by the pixel cache's build: `list_images`, then `index`
+with its verdicts) and bad files are left out before the split, so the split of the good files
+is the same on every rank. `splits.csv` and `bad_files.csv` put the index in the run folder.
 """
 
 from __future__ import annotations
