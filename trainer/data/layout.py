@@ -17,7 +17,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainer.data.walk import Walk, holds_images, list_images, loose_images, subfolders
+from trainer.data.walk import (
+    Progress,
+    Walk,
+    holds_images,
+    list_images,
+    loose_images,
+    subfolders,
+)
 
 SPLIT_ALIASES = {
     "train": "train",
@@ -198,7 +205,8 @@ def class_folders(split_dir: Path, walk: Walk) -> ClassFolders:
             link, target = (other, d) if other.is_symlink() and not d.is_symlink() else (d, other)
             raise DataError(f"{link}/ and {target}/ are the same folder: remove one link")
     tree = {}
-    for d in dirs:
-        walk.owner = d.name
-        tree[d.name] = list_images(d, walk)
+    with Progress(f"indexing {split_dir}") as progress:
+        for d in dirs:
+            walk.owner = d.name
+            tree[d.name] = list_images(d, walk, progress)
     return tree

@@ -172,6 +172,8 @@ def _bad_files_error(bad: dict[str, str], root: Path, setting: str, way_out: str
 
 def _without(tree: ClassFolders, bad: dict[str, str]) -> ClassFolders:
     """The same class folders without the bad files (a class may be left with none)."""
+    if not bad:  # no copy of 10^6 paths when nothing is left out
+        return tree
     return {name: [f for f in files if f not in bad] for name, files in tree.items()}
 
 
@@ -303,24 +305,30 @@ def stratified_split(
     are in other classes' groups may have none in train. Without groups every unit is one
     image, and the split is the same as before groups existed.
     """
-    units_of: dict[int, list[list[tuple[str, int]]]] = {}
+    # Each unit (a group, or an image in none) is told by its first item, so 10^6 ungrouped
+    # images make no 10^6 one-item lists (their allocation and garbage collection cost seconds).
+    firsts_of: dict[int, list[tuple[str, int]]] = {}  # label -> its units' first items
+    group_of: dict[tuple[str, int], list[tuple[str, int]]] = {}  # first item -> its group
     grouped: set[str] = set()
     label_of = dict(items) if groups else {}  # ~40 MB at 10^6 items, so only when needed
     for group in groups:
         labels = [label_of[p] for p in group]
         owner = max(sorted(set(labels)), key=labels.count)
-        units_of.setdefault(owner, []).append(sorted((p, label_of[p]) for p in group))
+        unit = sorted((p, label_of[p]) for p in group)
+        firsts_of.setdefault(owner, []).append(unit[0])
+        group_of[unit[0]] = unit
         grouped.update(group)
     for item in items:
         if item[0] not in grouped:
-            units_of.setdefault(item[1], []).append([item])
+            firsts_of.setdefault(item[1], []).append(item)
     parts: list[list[tuple[str, int]]] = [[] for _ in ratios]
-    for label in sorted(units_of):
-        units = sorted(units_of[label])
+    for label in sorted(firsts_of):
+        firsts = sorted(firsts_of[label])  # the units in the order of their first paths
         name = class_names[label] if class_names else str(label)
         rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
-        order = rng.permutation(len(units))
-        lengths = np.array([len(u) for u in units], dtype=np.int64)[order]
+        order = rng.permutation(len(firsts))
+        lengths = np.array([len(group_of[f]) if f in group_of else 1 for f in firsts], np.int64)
+        lengths = lengths[order]
         n = int(lengths.sum())
         sizes = [round(n * r) for r in ratios[1:]]
         while n - sum(sizes) < 1 and any(sizes):  # keep one image for training
@@ -331,7 +339,11 @@ def stratified_split(
         starts = np.cumsum(lengths) - lengths
         part_of = np.searchsorted(bounds, starts, side="right")
         for i, part in zip(order.tolist(), part_of.tolist()):
-            parts[part].extend(units[i])
+            first = firsts[i]
+            if first in group_of:
+                parts[part].extend(group_of[first])
+            else:
+                parts[part].append(first)
     return [sorted(p) for p in parts]
 
 

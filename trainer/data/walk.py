@@ -9,20 +9,31 @@ counted twice is kept in a `Walk` and told to the user as notes.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trainer.progress import LogLines, bar
+
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
 
 Key = tuple[int, int]  # (st_dev, st_ino): a real file or folder, whatever path leads to it
+QUIET_SECONDS = 2.0  # a listing that ends sooner shows no progress: small folders print nothing
 
 
 def is_image_file(name: str) -> bool:
     """By extension; hidden files (.DS_Store, ._foo.jpg from macOS) and Thumbs.db are not images."""
-    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+    # Slicing at the last dot is Path(name).suffix for a name that does not start with a dot
+    # (a name without one yields its last character, never an extension), at a tenth of its cost.
+    return not name.startswith(".") and name[name.rfind(".") :].lower() in IMAGE_EXTENSIONS
 
 
 @dataclass
@@ -86,6 +97,9 @@ class Walk:
 
     def seen_file(self, path: str, key: Key) -> bool:
         """True if the image at `path` was listed already (through another path)."""
+        if key not in self.files:  # the usual case in one call: this runs once per file
+            self.files[key] = (self.owner, path)
+            return False
         return self._seen(self.files, key, path, self.twice)
 
     def _seen(
@@ -104,9 +118,33 @@ class Walk:
         return True
 
 
-def _image_files(folder: Path, walk: Walk) -> Iterator[str]:
-    """The image files below `folder` that `walk` has not listed yet, depth first in name order
-    (the same on every rank). Other files (.DS_Store, notes.txt) go to `walk.ignored`."""
+class Progress:
+    """Files listed so far, shown as `trainer.progress.bar` only once listing has taken
+    QUIET_SECONDS; a context manager."""
+
+    def __init__(self, desc: str):
+        self.desc, self.n, self.start = desc, 0, time.monotonic()
+        self.bar: tqdm | LogLines | None = None  # none until QUIET_SECONDS have passed
+
+    def update(self, n: int) -> None:
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif time.monotonic() - self.start >= QUIET_SECONDS:
+            self.bar = bar(None, self.desc, initial=self.n, unit="files")
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _image_files(folder: Path, walk: Walk) -> Iterator[list[str]]:
+    """The image files below `folder` that `walk` has not listed yet, one list per folder, depth
+    first in name order (the same on every rank). Other files (.DS_Store, notes.txt) go to
+    `walk.ignored`."""
     stack = [str(folder)]
     while stack:
         top = stack.pop()
@@ -114,42 +152,54 @@ def _image_files(folder: Path, walk: Walk) -> Iterator[str]:
         if walk.seen_folder(top, (st.st_dev, st.st_ino)):
             continue
         with os.scandir(top) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        subfolders = []
+            entries = sorted(it, key=attrgetter("name"))
+        subfolders, images = [], []
+        # The hot loop at 10^6 files: DirEntry answers is_dir/is_file (links followed) from the
+        # folder listing itself (no stat call per file, no Path object); only links cost a call.
         for entry in entries:
-            if entry.is_dir(follow_symlinks=True):
+            if entry.is_dir():
                 if not entry.name.startswith("."):
                     subfolders.append(entry.path)
-            elif not entry.is_file(follow_symlinks=True):
+            elif not entry.is_file():
                 if entry.is_symlink():
                     walk.broken.append(entry.path)
             elif not is_image_file(entry.name):
                 walk.ignored.append(entry.path)
-            else:
-                # A plain entry's inode needs no stat call; a link's target does.
-                key = (st.st_dev, entry.inode())
-                if entry.is_symlink():
-                    target = entry.stat(follow_symlinks=True)
-                    key = (target.st_dev, target.st_ino)
-                if not walk.seen_file(entry.path, key):
-                    yield entry.path
+            elif entry.is_symlink():
+                target = entry.stat()
+                if not walk.seen_file(entry.path, (target.st_dev, target.st_ino)):
+                    images.append(entry.path)
+            elif not walk.seen_file(entry.path, (st.st_dev, entry.inode())):
+                images.append(entry.path)
+        yield images
         stack.extend(reversed(subfolders))
 
 
-def list_images(folder: Path, walk: Walk | None = None) -> list[str]:
+def list_images(
+    folder: Path, walk: Walk | None = None, progress: Progress | None = None
+) -> list[str]:
     """All image files below `folder` (recursively, links followed once), sorted so the order
-    never depends on the disk. Other files (.DS_Store, notes.txt) go to `walk.ignored`."""
-    return sorted(_image_files(folder, walk if walk is not None else Walk()))
+    never depends on the disk. Other files (.DS_Store, notes.txt) go to `walk.ignored`; each
+    folder's images are counted on `progress`."""
+    images: list[str] = []
+    for found in _image_files(folder, walk if walk is not None else Walk()):
+        images += found
+        if progress is not None:
+            progress.update(len(found))
+    images.sort()
+    return images
 
 
 def holds_images(folder: Path) -> bool:
-    """Any image file below `folder`; stops at the first one."""
-    return next(_image_files(folder, Walk()), None) is not None
+    """Any image file below `folder`; stops at the first folder that has one."""
+    return any(_image_files(folder, Walk()))
 
 
 def subfolders(folder: Path) -> list[Path]:
     """The sub-folders of `folder` (links followed, hidden ones left out), sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    with os.scandir(folder) as it:
+        names = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+    return [folder / name for name in names]
 
 
 def loose_images(folder: Path) -> list[str]:
