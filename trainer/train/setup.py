@@ -143,12 +143,14 @@ def _inputs(
     set_seed(cfg.train.seed)  # the same initial weights on every rank
     if cfg.data.max_image_pixels:  # what the scan let through, the loader must open
         PIL.Image.MAX_IMAGE_PIXELS = cfg.data.max_image_pixels
-    # The backbone first: its preprocessing sizes the pixel cache built while indexing.
+    listing = splits.list_images(cfg.data)  # the folder first: no model download for a typo
+    startup.lap("index")
+    # The backbone before any decoding: its preprocessing sizes the pixel cache.
     with accelerator.main_process_first():  # one download of pretrained weights
         backbone, dim, pre = build_backbone(cfg.model.name, cfg.model.pretrained)
     startup.lap("model build")
     pre = pre.with_size(cfg.data.image_size)
-    index, prepared = _index(cfg, accelerator, pre, startup)
+    index, prepared = _index(cfg, accelerator, listing, pre, startup)
     model = Classifier(backbone, build_head(cfg.model, dim, len(index.class_names)))
     startup.lap("model build")
     return index, model, pre, prepared
@@ -163,31 +165,23 @@ class Prepared:
 
 
 def _index(
-    cfg: RunConfig, accelerator: Accelerator, pre: Preprocessing, startup: Startup
+    cfg: RunConfig,
+    accelerator: Accelerator,
+    listing: splits.Listing,
+    pre: Preprocessing,
+    startup: Startup,
 ) -> tuple[DataIndex, Prepared]:
-    """The index of data.root. The cached pipeline's pixel cache is built here, before the
-    split: its decode of each file is also the bad-file check. Every rank runs this at once:
-    one process per cache folder decodes while the others wait for it (`trainer.locks`)."""
-    listing = splits.list_images(cfg.data)
-    startup.lap("index")
+    """The listed files' index, without the bad ones. The cached pipeline's pixel cache is built
+    here, before the split: its decode of each file is also the bad-file check. Every rank runs
+    this at once: one process per cache folder decodes while the others wait for it."""
     name, why = choose.choose(cfg.data, len(listing.paths()), pre.resize_size)
     accelerator.print(f"input: {why}")
     pixels = None
     if name == "cached":
-        pixels = pixelcache.build(
-            listing.paths(),
-            pre,
-            cfg.data,
-            badfiles.default_workers(),
-            say=accelerator.print,
-            tell=lambda line: print(line, flush=True),  # a build or a wait, by any process
-        )
+        pixels = _pixel_cache(cfg, accelerator, listing, pre)
         bad = splits.left_out(pixels.bad, listing.root, cfg.data)
         startup.decoded += pixels.decoded
-        if accelerator.is_main_process and cfg.data.check_images:  # for `trainer scan`, pil runs
-            verdicts = badfiles.cache_file(listing.root)
-            badfiles.remember(listing.paths(), pixels.bad, cfg.data.max_image_pixels, verdicts)
-        startup.lap("cache build")
+        startup.lap("cache build", check=0.0)  # the cache's decode was the check
     else:
         bad = splits.find_bad_files(listing, cfg.data)
         startup.decoded += bad.decoded
@@ -195,6 +189,26 @@ def _index(
     index = splits.index(listing, cfg.data, bad)
     startup.lap("index")
     return index, Prepared(name, pixels)
+
+
+def _pixel_cache(
+    cfg: RunConfig, accelerator: Accelerator, listing: splits.Listing, pre: Preprocessing
+) -> PixelCache:
+    """The pixel cache of every listed file; its verdicts are kept for the bad-file check too
+    (a later `trainer scan`, or a run of another pipeline, then decodes nothing)."""
+    paths = listing.paths()
+    pixels = pixelcache.build(
+        paths,
+        pre,
+        cfg.data,
+        badfiles.default_workers(),
+        say=accelerator.print,
+        tell=lambda line: print(line, flush=True),  # a build or a wait, by any process
+    )
+    if accelerator.is_main_process and cfg.data.check_images:
+        verdicts = badfiles.cache_file(listing.root)
+        badfiles.remember(paths, pixels.bad, cfg.data.max_image_pixels, verdicts)
+    return pixels
 
 
 def _pipeline(
