@@ -145,7 +145,7 @@ def test_corrupt_cache_is_ignored_and_rebuilt(corpus, decodes):
     cache.write_text('{"version": 1, "files": {"x": [1,', encoding="utf-8")
     assert {Path(p).name for p in check_files(paths, cache=cache)} == set(BAD)
     assert len(decodes) == len(paths)
-    assert len(json.loads(cache.read_text(encoding="utf-8"))["files"]) == len(paths)
+    assert len(json.loads(cache.read_text(encoding="utf-8"))["paths"]) == len(paths)
     assert not list(cache.parent.glob("*.tmp"))
 
 

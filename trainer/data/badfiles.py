@@ -37,7 +37,7 @@ from trainer import locks, progress
 from trainer.data.transforms import load_rgb
 from trainer.data.workers import ctrl_c_held, ignore_ctrl_c
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: columns (paths, sizes, mtimes, limits, bad), parsed ~3x faster at 10^6
 CHUNK = 64  # files per pool task: amortizes inter-process traffic, still balances the load
 SERIAL_BELOW = 2 * CHUNK  # fewer files to decode than this: in this process, no pool start-up
 PROGRESS_FROM = 1000  # show a progress bar from this many files to decode
@@ -203,19 +203,25 @@ def _bad(verdicts: dict[str, str | None]) -> dict[str, str]:
 
 
 def _known_verdicts(
-    paths: Sequence[str], stamps: dict, known: dict[str, list], limit: int | None
+    paths: Sequence[str], stamps: dict, known: dict[str, tuple], limit: int | None
 ) -> dict[str, str | None]:
     """The cached verdicts still valid: same size, mtime and pixel limit."""
     verdicts = {}
     for p in paths:
-        entry = known.get(os.path.abspath(p))
-        if stamps[p] is not None and entry is not None and entry[:3] == [*stamps[p], limit]:
+        entry = known.get(_key(p))
+        if entry is not None and entry[:2] == stamps[p] and entry[2] == limit:
             verdicts[p] = entry[3]
     return verdicts
 
 
 def _entries(paths: Sequence[str], stamps: dict, limit: int | None, verdicts: dict) -> dict:
-    return {os.path.abspath(p): [*stamps[p], limit, verdicts[p]] for p in paths if stamps[p]}
+    return {_key(p): (*stamps[p], limit, verdicts[p]) for p in paths if stamps[p]}
+
+
+def _key(path: str) -> str:
+    """A file's key in the cache: its absolute path (one os.path call less per file when it is
+    absolute already, as the index's paths are: 10^6 calls cost seconds)."""
+    return path if os.path.isabs(path) else os.path.abspath(path)
 
 
 def _stamp(path: str) -> tuple[int, int] | None:
@@ -294,23 +300,35 @@ def _lock_file(cache: Path) -> Path:
     return cache.with_name(cache.name + ".lock")
 
 
-def _read_cache(path: Path) -> dict[str, list]:
-    """{absolute path: [size, mtime_ns, limit, reason]}; {} for a missing, corrupt or stale file
+def _read_cache(path: Path) -> dict[str, tuple]:
+    """{absolute path: (size, mtime_ns, limit, reason)}; {} for a missing, corrupt or stale file
     (written by another cache version or Pillow version, whose verdicts may differ)."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         if doc.get("version") != CACHE_VERSION or doc.get("pillow") != PIL.__version__:
             return {}
-        files = doc["files"]
-        return {k: v for k, v in files.items() if isinstance(v, list) and len(v) == 4}
+        bad = {int(i): reason for i, reason in doc["bad"].items()}
+        columns = zip(doc["paths"], doc["sizes"], doc["mtimes"], doc["limits"])
+        return {
+            p: (size, mtime, limit, bad.get(i)) for i, (p, size, mtime, limit) in enumerate(columns)
+        }
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return {}
 
 
-def _write_cache(path: Path, entries: dict[str, list]) -> None:
+def _write_cache(path: Path, entries: dict[str, tuple]) -> None:
     """Atomically (temp file + rename), so a reader on another rank never sees half a file.
     A cache that cannot be written (read-only home) only costs a re-check next time."""
-    doc = {"version": CACHE_VERSION, "pillow": PIL.__version__, "files": entries}
+    rows = list(entries.values())
+    doc = {
+        "version": CACHE_VERSION,
+        "pillow": PIL.__version__,
+        "paths": list(entries),
+        "sizes": [row[0] for row in rows],
+        "mtimes": [row[1] for row in rows],
+        "limits": [row[2] for row in rows],
+        "bad": {str(i): row[3] for i, row in enumerate(rows) if row[3] is not None},
+    }
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

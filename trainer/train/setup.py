@@ -205,7 +205,7 @@ def _pixel_cache(
         say=accelerator.print,
         tell=lambda line: print(line, flush=True),  # a build or a wait, by any process
     )
-    if accelerator.is_main_process and cfg.data.check_images:
+    if pixels.decoded and cfg.data.check_images:  # by the process that built it, once
         verdicts = badfiles.cache_file(listing.root)
         badfiles.remember(paths, pixels.bad, cfg.data.max_image_pixels, verdicts)
     return pixels
