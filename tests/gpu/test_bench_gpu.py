@@ -1,23 +1,20 @@
 """`trainer bench` on CUDA with a small setting: every case runs and reports its peak GPU memory.
-Skipped on machines without CUDA. Checks what is reported, never how fast it is."""
+Skipped without CUDA (`launch/gpu_check.sh --cpu` runs the bench itself on the CPU, where there
+is no GPU memory to report). Checks what is reported, never how fast it is."""
 
 import json
 
-import pytest
 import torch
 
-from tests.conftest import assert_ok, run_cli
+from tests.conftest import assert_ok
+from tests.gpu.checkdevice import needs_cuda, on_check_device, run_trainer
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
-]
+pytestmark = [*on_check_device, needs_cuda("peak GPU memory exists on CUDA only")]
 
 
 def test_bench_on_cuda_reports_peak_memory_per_case(tmp_path):
     data, out = tmp_path / "jpegs", tmp_path / "bench.json"
-    made = run_cli(
-        "trainer",
+    made = run_trainer(
         "bench",
         "--make-data",
         str(data),
@@ -29,8 +26,7 @@ def test_bench_on_cuda_reports_peak_memory_per_case(tmp_path):
         "4",
     )
     assert_ok(made)
-    proc = run_cli(
-        "trainer",
+    proc = run_trainer(
         "bench",
         "--data",
         str(data),

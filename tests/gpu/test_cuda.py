@@ -1,31 +1,42 @@
-"""GPU checks: skipped on machines without CUDA."""
+"""Training steps in each precision on the check device, the cached pipeline with channels_last,
+bf16 and torch.compile, and its eval pixels against the CPU's. Skipped without a check device
+(tests/gpu/checkdevice.py): CUDA, or the CPU under `launch/gpu_check.sh --cpu`."""
 
 import json
 
 import pytest
 import torch
 
-from tests.conftest import assert_ok, make_folder, train_smoke
+from tests.conftest import assert_ok, make_folder
+from tests.gpu.checkdevice import (
+    assert_finite_losses,
+    check_device,
+    needs_cuda,
+    on_check_device,
+    train_tiny,
+)
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
-]
+pytestmark = on_check_device
 
 
-def test_bf16_training_on_one_gpu(tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training_steps_have_finite_losses(tmp_path, precision):
+    # On the CPU, accelerate autocasts bf16; fp16 it runs without autocast or a grad scaler
+    # (its native_amp is off on the CPU): the check there proves the test, not fp16 itself.
     root = make_folder(tmp_path / "images", ["a", "b"], 16)
     run = tmp_path / "run"
-    proc = train_smoke(root, run, "train.mixed_precision=bf16")
+    proc = train_tiny(root, run, f"train.mixed_precision={precision}", "train.log_every=1")
     assert_ok(proc)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["mixed_precision"] == "bf16" and summary["epochs"] == 2
+    assert summary["mixed_precision"] == precision and summary["epochs"] == 2
+    assert_finite_losses(run)
 
 
+@needs_cuda("torch.compile on the CPU is tests/integration/test_cpu_precision.py's (minutes here)")
 def test_cached_pipeline_with_channels_last_bf16_and_compile_on_gpu(tmp_path):
     root = make_folder(tmp_path / "images", ["a", "b"], 16)
     run = tmp_path / "run"
-    proc = train_smoke(
+    proc = train_tiny(
         root,
         run,
         "train.mixed_precision=bf16",
@@ -36,9 +47,10 @@ def test_cached_pipeline_with_channels_last_bf16_and_compile_on_gpu(tmp_path):
     )
     assert_ok(proc)
     assert "cached pipeline" in proc.stdout
+    assert_finite_losses(run)
 
 
-def test_cached_eval_pixels_on_gpu_match_the_cpu(tmp_path):
+def test_cached_eval_pixels_on_the_device_match_the_cpu(tmp_path):
     from trainer.config import DataConfig
     from trainer.data.pipelines import cached, device, pixelcache
     from trainer.data.transforms import IMAGENET
@@ -49,6 +61,7 @@ def test_cached_eval_pixels_on_gpu_match_the_cpu(tmp_path):
     view = cached.CachedEvalView(cache, [0] * 4, IMAGENET.image_size)
     batch = {"pixels": torch.stack([view[i]["pixels"] for i in range(4)])}
     cpu = device.DeviceTransform(IMAGENET, torch.device("cpu"))(dict(batch))["pixel_values"]
-    gpu_batch = {"pixels": batch["pixels"].cuda()}
-    gpu = device.DeviceTransform(IMAGENET, torch.device("cuda"))(gpu_batch)["pixel_values"]
-    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=0)
+    there = check_device()
+    on_device = {"pixels": batch["pixels"].to(there)}
+    got = device.DeviceTransform(IMAGENET, there)(on_device)["pixel_values"]
+    torch.testing.assert_close(got.cpu(), cpu, atol=1e-5, rtol=0)

@@ -1,0 +1,35 @@
+"""`trainer <args>` with PyTorch's determinism switches on, for the GPU tests that compare two runs
+(or an interrupted run with an uninterrupted one) weight for weight.
+
+On CUDA: deterministic cuDNN algorithms, no cuDNN autotuning, cuBLAS's fixed workspace, and
+torch.use_deterministic_algorithms(warn_only=True) (a kernel without a deterministic version,
+e.g. adaptive average pooling's backward, warns and runs anyway: such runs agree within a
+tolerance, not bit for bit). On the CPU these change nothing the runs do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+# cuBLAS reads it when it creates its handle: set before torch touches the GPU.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+import torch  # noqa: E402
+
+from trainer.cli import main  # noqa: E402
+
+SETTINGS = {
+    "cudnn.deterministic": True,
+    "cudnn.benchmark": False,
+    "use_deterministic_algorithms": "warn_only",
+    "CUBLAS_WORKSPACE_CONFIG": os.environ["CUBLAS_WORKSPACE_CONFIG"],
+}
+
+if __name__ == "__main__":
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    print(f"determinism settings: {json.dumps(SETTINGS)}", flush=True)
+    sys.exit(main(sys.argv[1:]))
