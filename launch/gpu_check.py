@@ -8,30 +8,25 @@ not stop the next: a short GPU slot should give every number it can. The steps:
   environment   device, versions, and whether `datasets` (every training run imports it) is there
   data          a generated pre-split JPEG folder (`trainer bench --make-data --whole-run`)
   tests         pytest tests/gpu on the check device (TRAINER_CHECK_DEVICE), outcome per test
-  bench_eager, bench_compiled     `trainer bench` (a)-(d) on that folder, train.compile=false/true
+  bench_eager   `trainer bench` (a)-(d) side by side on that folder
   frozen_features_off, frozen_features_on     the frozen phase 0 of the transfer recipe
   whole_resnet50-two-phase, whole_transfer    `trainer bench --whole-run`: ours vs the blog loop
+  bench_compiled  (a)-(d) with train.compile=true: last, the longest and the first to give up
 
 --cpu runs the same steps with tiny sizes on the CPU (for CI); what has no CPU equivalent is
 skipped with its reason, in the JSON. The table (gpu_check_report.py) is printed at the end.
 
-Duration on one H200 (an estimate, not measured: no GPU has run it yet), from the sizes below
-and the H200 figures in README/KINDS (ResNet-50 bf16 training ~2,500-3,000 images/s eager on an
-H100-class GPU; a PIL decode + crop of a 224x224 JPEG ~1.5 ms on one core; torch.compile of
-ResNet-50 ~60 s cold, faster once inductor's FX graph cache holds it): data 7,000 JPEGs on 16
-CPUs ~10 s; tests ~100 s (11 short runs of ~8 s, imports included); bench eager ~45 s; compiled
-~120 s (three compiles); frozen phase twice ~50 s; the whole runs ~40 s ours + ~90 s blog each
-(43,000 images through PIL on one core, batch 16, fp32): ~260 s. About 9-10 minutes all told:
-over the 8-minute aim by the compiled bench; --skip names steps to leave out (e.g. --skip
-bench_compiled) when a slot is shorter. The GPU run's own step seconds are in the JSON.
+Sizes, and the estimate of the GPU run's duration: gpu_check_sizes.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,68 +37,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check_report import table_lines, totals  # noqa: E402
+from gpu_check_sizes import CPU, CPU_SKIPS, GPU, Sizes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class Sizes:
-    """How big each step is on the GPU (the issue's setting) and under --cpu (seconds on 2 cores)."""
-
-    split_images: str  # TRAIN,VAL,TEST of the generated folder
-    image_size: str  # WxH of its JPEGs
-    classes: int
-    bench: list[str]  # overrides of the (a)-(d) bench
-    bench_timing: list[str]  # --steps/--warmup/--epochs of the (a)-(d) bench
-    frozen: list[str]  # overrides of the frozen-phase bench (besides the feature cache switch)
-    frozen_timing: list[str]
-    whole: list[str]  # overrides of both whole runs (none: the recipes as they are)
-    tests_timeout: int
-    step_timeout: int
-
-
-GPU = Sizes(
-    split_images="5000,1000,1000",
-    image_size="224x224",
-    classes=15,
-    bench=[
-        "model.name=torchvision/resnet50",
-        "data.image_size=224",
-        "train.batch_size=256",
-        "train.mixed_precision=bf16",
-        "train.channels_last=true",
-    ],
-    bench_timing=["--steps", "30", "--warmup", "10", "--epochs", "2"],
-    frozen=["train.mixed_precision=bf16", "train.channels_last=true"],
-    frozen_timing=["--steps", "20", "--warmup", "5", "--epochs", "3"],
-    whole=[],
-    tests_timeout=420,
-    step_timeout=420,
-)
-TINY = [
-    "model.name=torchvision/resnet18",
-    "data.image_size=32",
-    "train.batch_size=8",
-    "train.eval_batch_size=16",
-]
-CPU = Sizes(
-    split_images="48,12,12",
-    image_size="48x40",
-    classes=3,
-    bench=[*TINY, "train.mixed_precision=bf16", "train.channels_last=true"],  # bf16 autocast on CPU
-    bench_timing=["--steps", "3", "--warmup", "1", "--epochs", "2"],
-    frozen=[*TINY, "train.mixed_precision=bf16"],
-    frozen_timing=["--steps", "3", "--warmup", "1", "--epochs", "2"],
-    whole=TINY,  # and every phase 1 epoch (whole_overrides)
-    tests_timeout=300,
-    step_timeout=240,
-)
-# On the CPU torch.compile of the model takes minutes per case: the compiled bench is GPU-only
-# (tests/integration/test_cpu_precision.py trains a compiled tiny model on the CPU instead).
-CPU_SKIPS = {
-    "bench_compiled": "torch.compile: minutes per case on a CPU; "
-    "tests/integration/test_cpu_precision.py trains a compiled model on the CPU instead",
-}
 
 
 @dataclass
@@ -115,12 +51,19 @@ class Check:
     device: str  # cuda | cpu
     sizes: Sizes
     skip: set[str]
+    deadline: float | None = None  # time.monotonic() after which no step starts (--time-limit)
     env: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
 
     def log(self, text: str) -> None:
         with open(self.out / "gpu_check.log", "a", encoding="utf-8") as f:
             f.write(text if text.endswith("\n") else text + "\n")
+
+    def left(self, timeout: int) -> int:
+        """`timeout`, cut to what is left before the deadline."""
+        if self.deadline is None:
+            return timeout
+        return max(1, min(timeout, int(self.deadline - time.monotonic())))
 
     def save(self) -> None:
         path = self.out / "gpu_check.json"
@@ -135,7 +78,7 @@ class StepFailed(Exception):
 
 def run(check: Check, args: list[str], timeout: int) -> subprocess.CompletedProcess:
     """ARGS (a python command line) with the check's environment, its output to the log."""
-    cmd = [sys.executable, *args]
+    cmd, timeout = [sys.executable, *args], check.left(timeout)
     check.log(f"$ {' '.join(cmd)}")
     try:
         proc = subprocess.run(
@@ -178,24 +121,9 @@ def step_wheels(check: Check, wheels: Path) -> dict:
     return {"wheels": [p.name for p in found], "target": str(site)}
 
 
-ENV_PROBE = """
-import importlib.util, json, torch, torchvision
-cuda = torch.cuda.is_available()
-print(json.dumps({
-    "python": __import__("sys").version.split()[0],
-    "torch": torch.__version__, "torchvision": torchvision.__version__,
-    "cuda_available": cuda, "cuda": torch.version.cuda,
-    "device_name": torch.cuda.get_device_name() if cuda else None,
-    "bf16_supported": cuda and torch.cuda.is_bf16_supported(),
-    "packages": {n: importlib.util.find_spec(n) is not None
-                 for n in ("datasets", "wandb", "accelerate", "timm", "safetensors")},
-}))
-"""
-
-
 def step_environment(check: Check) -> dict:
     """What the check runs on; fails when the device or `datasets` is missing."""
-    proc = run(check, ["-c", ENV_PROBE], 120)
+    proc = run(check, [str(Path(__file__).with_name("gpu_check_probe.py"))], 120)
     if proc.returncode != 0:
         raise StepFailed("python could not import torch/torchvision")
     found = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -206,10 +134,11 @@ def step_environment(check: Check) -> dict:
     )
     if check.device == "cuda" and not found["cuda_available"]:
         raise StepFailed("torch sees no CUDA device (for a dry run on the CPU: --cpu)")
-    if not found["packages"]["datasets"]:
+    if found["datasets_error"]:
         raise StepFailed(
-            "`datasets` is not importable, and every training run imports it "
-            "(trainer/data/pipelines/pil.py, via choose.py and features.py): give --wheels DIR"
+            f"`import datasets` failed ({found['datasets_error']}), and every training run "
+            "imports it (trainer/data/pipelines/pil.py, via choose.py and features.py): give "
+            "--wheels DIR with datasets, dill and multiprocess (README: the GPU check)"
         )
     return found
 
@@ -224,6 +153,7 @@ def _cpu_name() -> str:
 def step_data(check: Check) -> dict:
     """The pre-split JPEG folder every bench step reads."""
     s, root = check.sizes, check.work / "data"
+    shutil.rmtree(root, ignore_errors=True)  # a rerun in the same --work: written afresh
     args = ["--make-data", str(root), "--whole-run", "--split-images", s.split_images]
     args += ["--size", s.image_size, "--classes", str(s.classes)]
     proc = run(check, ["-m", "trainer", "bench", *args], check.sizes.step_timeout)
@@ -239,6 +169,8 @@ def step_tests(check: Check) -> dict:
     xml, records = check.out / "gpu_check_tests.xml", check.work / "records.jsonl"
     env = {**check.env, "TRAINER_CHECK_DEVICE": check.device, "TRAINER_CHECK_RECORD": str(records)}
     pytest = ["-m", "pytest", "tests/gpu", "-rA", "-p", "no:cacheprovider", f"--junitxml={xml}"]
+    if check.sizes.test_workers > 1 and importlib.util.find_spec("xdist"):
+        pytest += ["-n", str(check.sizes.test_workers)]  # the runs are short: start-up bound
     saved, check.env = check.env, env
     try:
         proc = run(check, pytest, check.sizes.tests_timeout)
@@ -348,11 +280,11 @@ def steps(check: Check, wheels: Path | None) -> list[tuple[str, object]]:
         ("data", lambda: step_data(check)),
         ("tests", lambda: step_tests(check)),
         ("bench_eager", lambda: step_bench(check, compiled=False)),
-        ("bench_compiled", lambda: step_bench(check, compiled=True)),
         ("frozen_features_off", lambda: step_frozen(check, cached=False)),
         ("frozen_features_on", lambda: step_frozen(check, cached=True)),
         ("whole_resnet50-two-phase", lambda: step_whole(check, "resnet50-two-phase")),
         ("whole_transfer", lambda: step_whole(check, "transfer")),
+        ("bench_compiled", lambda: step_bench(check, compiled=True)),
     ]
     return out
 
@@ -362,6 +294,8 @@ def run_step(check: Check, name: str, fn) -> None:
     skipped = CPU_SKIPS.get(name) if check.device == "cpu" else None
     if name in check.skip:
         skipped = "--skip"
+    elif check.deadline is not None and time.monotonic() >= check.deadline:
+        skipped = "out of time (--time-limit)"
     print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
     if skipped:
         check.report["steps"][name] = {"status": "skipped", "reason": skipped}
@@ -387,6 +321,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--wheels", metavar="DIR", help="wheels to install offline (datasets, ...)")
     p.add_argument("--work", metavar="DIR", help="scratch folder (default: a temporary one)")
     p.add_argument("--skip", action="append", default=[], metavar="STEP", help="leave a step out")
+    p.add_argument(
+        "--only", action="append", default=[], metavar="STEP", help="run only these steps"
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="S",
+        help="start no step after S seconds, cut the one running then (the table is still written)",
+    )
     return p.parse_args(argv)
 
 
@@ -400,6 +343,8 @@ def main(argv: list[str]) -> int:
     work.mkdir(parents=True, exist_ok=True)
     device = "cpu" if args.cpu else "cuda"
     check = Check(out, work, device, CPU if args.cpu else GPU, set(args.skip))
+    if args.time_limit:
+        check.deadline = time.monotonic() + args.time_limit
     check.env = child_env(device, work)
     check.report = {
         "mode": device,
@@ -410,7 +355,8 @@ def main(argv: list[str]) -> int:
     }
     started = time.perf_counter()
     for name, fn in steps(check, Path(args.wheels) if args.wheels else None):
-        run_step(check, name, fn)
+        if not args.only or name in args.only:
+            run_step(check, name, fn)
     check.report["seconds"] = round(time.perf_counter() - started, 1)
     failed = [n for n, s in check.report["steps"].items() if s["status"] == "failed"]
     check.report["failed_steps"] = failed

@@ -16,5 +16,4 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 py="${PYTHON:-$here/.venv/bin/python}"
 [ -x "$py" ] || py="$(command -v python3 || command -v python)"
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-cd "$here"
 exec "$py" "$here/launch/gpu_check.py" "$@"

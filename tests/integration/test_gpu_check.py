@@ -1,0 +1,106 @@
+"""`launch/gpu_check.sh --cpu`: the GPU check's every step, tiny, on the CPU, so the script that
+will spend a short GPU slot is proven here first (tests/gpu run on the CPU under it too)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = REPO / "launch" / "gpu_check.sh"
+STEPS = [
+    "environment",
+    "data",
+    "tests",
+    "bench_eager",
+    "bench_compiled",
+    "frozen_features_off",
+    "frozen_features_on",
+    "whole_resnet50-two-phase",
+    "whole_transfer",
+]
+
+
+def gpu_check(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable}
+    cmd = ["bash", str(SCRIPT), "--cpu", "--work", str(tmp_path / "work"), *args]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+
+
+def positive(*values) -> bool:
+    return all(isinstance(v, (int, float)) and v > 0 for v in values)
+
+
+def test_cpu_check_runs_every_step_and_reports_them(tmp_path):
+    out = tmp_path / "out"
+    proc = gpu_check(tmp_path, "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert {"device", "torch", "torchvision", "date"} <= set(report)
+    steps = report["steps"]
+    assert list(steps) == STEPS
+    assert steps["bench_compiled"]["status"] == "skipped" and steps["bench_compiled"]["reason"]
+    assert all(s["status"] == "ok" for n, s in steps.items() if n != "bench_compiled"), steps
+    tests = steps["tests"]["tests"]
+    assert len(tests) >= 11 and steps["tests"]["counts"]["failed"] == 0
+    skipped = {n: t["message"] for n, t in tests.items() if t["outcome"] == "skipped"}
+    assert all(skipped.values()) and len(skipped) <= 2, skipped  # compile and peak memory
+    measured = {m["check"] for m in steps["tests"]["measured"]}
+    assert measured == {"cache_on_device", "jpeg_decode", "feature_cache", "resume"}
+    bench = steps["bench_eager"]
+    assert positive(*bench["images_per_second"].values(), *bench["ratios"].values())
+    assert set(bench["ratios"]) == {"b/a", "b/c", "b/d"}
+    off, on = steps["frozen_features_off"], steps["frozen_features_on"]
+    assert positive(off["phase_seconds"], on["phase_seconds"], on["features_seconds"])
+    for label in ("resnet50-two-phase", "transfer"):
+        whole = steps[f"whole_{label}"]
+        assert positive(whole["ours_seconds"], whole["blog_seconds"], whole["blog_over_ours"])
+    table = (out / "gpu_check.txt").read_text()
+    assert table.strip() in proc.stdout
+    for line in ("b/a", "b/c", "b/d", "feature cache on vs off", "whole run transfer, blog / ours"):
+        assert line in table, table
+    assert "all steps passed" in table
+    assert (out / "gpu_check_tests.xml").exists() and (out / "gpu_check.log").exists()
+
+
+def tiny_wheel(folder: Path) -> Path:
+    """A wheel of one empty module, to install offline."""
+    folder.mkdir()
+    path = folder / "gpu_check_probe-0.1-py3-none-any.whl"
+    info = "gpu_check_probe-0.1.dist-info"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("gpu_check_probe.py", "")
+        z.writestr(
+            f"{info}/METADATA", "Metadata-Version: 2.1\nName: gpu_check_probe\nVersion: 0.1\n"
+        )
+        z.writestr(
+            f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
+        z.writestr(f"{info}/RECORD", "")
+    return folder
+
+
+def test_wheels_install_offline_and_a_failed_step_fails_the_check(tmp_path):
+    wheels = tiny_wheel(tmp_path / "wheels")
+    only = ["--only", "wheels", "--only", "environment"]
+    good = gpu_check(tmp_path, "--out", str(tmp_path / "good"), "--wheels", str(wheels), *only)
+    assert good.returncode == 0, good.stdout[-3000:] + good.stderr[-3000:]
+    report = json.loads((tmp_path / "good" / "gpu_check.json").read_text())
+    assert report["steps"]["wheels"]["wheels"] == [next(wheels.iterdir()).name]
+    (tmp_path / "empty").mkdir()
+    bad = gpu_check(
+        tmp_path, "--out", str(tmp_path / "bad"), "--wheels", str(tmp_path / "empty"), *only
+    )
+    assert bad.returncode == 1
+    assert "FAILED: wheels" in bad.stdout and "no .whl files" in bad.stdout
+    report = json.loads((tmp_path / "bad" / "gpu_check.json").read_text())
+    assert report["steps"]["environment"]["status"] == "ok"  # the next step still ran
