@@ -6,9 +6,11 @@ Tolerances (each test records the difference it measured, for `launch/gpu_check.
 - cache placement: the same uint8 pixels and crop draws, so the same weights; exact on the CPU,
   max |difference| <= 1e-4 on CUDA (fp32, ResNet-18, 2 epochs, under tests/gpu/deterministic.py;
   a few CUDA kernels, e.g. adaptive average pooling's backward, have no deterministic version).
-- JPEG decoding: two decoders' IDCT and chroma upsampling differ: mean |difference| <= 1 level
-  of 255 and 99.9% of the values within 16 levels; the S x S squares after the antialiased
-  resize (torch on the device vs Pillow) within mean 1.5 and the same 16 levels.
+- JPEG decoding: two decoders' IDCT and chroma upsampling differ (libjpeg-turbo in torchvision
+  and Pillow agree exactly on the CPU): mean |difference| <= 2 levels of 255 and 99.9% of the
+  values within 32; the S x S squares after the antialiased resize (torch on the device vs
+  Pillow; on the CPU mean 0.37, 99.9% within 6, max 11) within mean 2.5 and the same 32. A
+  wrong decode (channels swapped, another orientation, a shifted crop) is off by tens on average.
 - feature cache: the same batches in the same order through the same frozen backbone, the
   features computed in eval batches instead of training batches: head weights within
   max |difference| 1e-5 on the CPU and 1e-4 on CUDA (fp32); the backbone exactly unchanged.
@@ -115,11 +117,10 @@ def test_jpeg_decoding_on_the_device_matches_pillow(tmp_path):
     squares = on_device.decode_squares(encoded, IMAGENET, there)
     cached = [pixelcache.decode(str(p), IMAGENET, IMAGENET.resize_size) for p in paths]
     squared = _differences(list(squares), cached)
-    record(
-        "jpeg_decode", decode=raw, squares=squared, tolerance="mean <= 1 (1.5 squared), p99.9 <= 16"
-    )
-    assert raw["mean"] <= 1.0 and raw["p99_9"] <= 16, raw
-    assert squared["mean"] <= 1.5 and squared["p99_9"] <= 16, squared
+    tolerance = "mean <= 2 (2.5 squared), p99.9 <= 32"
+    record("jpeg_decode", decode=raw, squares=squared, tolerance=tolerance)
+    assert raw["mean"] <= 2.0 and raw["p99_9"] <= 32, raw
+    assert squared["mean"] <= 2.5 and squared["p99_9"] <= 32, squared
 
 
 def test_decode_pipeline_trains_on_the_device(tmp_path):
