@@ -73,9 +73,9 @@ CPU = Sizes(
     image_size="48x40",
     classes=3,
     bench=[*TINY, "train.mixed_precision=bf16", "train.channels_last=true"],  # bf16 autocast on CPU
-    bench_timing=["--steps", "3", "--warmup", "1", "--epochs", "2"],
+    bench_timing=["--steps", "2", "--warmup", "1", "--epochs", "2"],
     frozen=[*TINY, "train.mixed_precision=bf16"],
-    frozen_timing=["--steps", "3", "--warmup", "1", "--epochs", "2"],
+    frozen_timing=["--steps", "2", "--warmup", "1", "--epochs", "2"],
     whole=TINY,  # and every phase 1 epoch (whole_overrides)
     test_workers=1,  # CI's 2 cores: one at a time
     tests_timeout=300,

@@ -5,6 +5,9 @@ On CUDA: deterministic cuDNN algorithms, no cuDNN autotuning, cuBLAS's fixed wor
 torch.use_deterministic_algorithms(warn_only=True) (a kernel without a deterministic version,
 e.g. adaptive average pooling's backward, warns and runs anyway: such runs agree within a
 tolerance, not bit for bit). On the CPU these change nothing the runs do.
+
+STEP_DELAY_S=S   sleep S seconds per training batch loaded (a tiny model's steps take
+                 milliseconds: a test that signals the run at step N needs it still running)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import torch  # noqa: E402
 
 from trainer.cli import main  # noqa: E402
+from trainer.data import sampling  # noqa: E402
 
 SETTINGS = {
     "cudnn.deterministic": True,
@@ -26,6 +30,17 @@ SETTINGS = {
     "use_deterministic_algorithms": "warn_only",
     "CUBLAS_WORKSPACE_CONFIG": os.environ["CUBLAS_WORKSPACE_CONFIG"],
 }
+
+if os.environ.get("STEP_DELAY_S"):
+    import time
+
+    original_getitems = sampling.SeededView.__getitems__
+
+    def slowed(self, keys):
+        time.sleep(float(os.environ["STEP_DELAY_S"]))
+        return original_getitems(self, keys)
+
+    sampling.SeededView.__getitems__ = slowed
 
 if __name__ == "__main__":
     torch.backends.cudnn.deterministic = True
