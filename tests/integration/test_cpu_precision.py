@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from tests.conftest import assert_ok, make_folder, train_smoke
+from tests.conftest import assert_ok, make_folder, make_pre_split, train_smoke
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,9 @@ def test_bf16_autocast_training_steps_on_the_cpu(tmp_path):
 
 
 def test_compiled_tiny_model_trains_on_the_cpu(tmp_path):
-    root = make_folder(tmp_path / "images", ["a", "b"], 8)
+    # Every batch the same shape (16/8/8 images, batches of 8): one graph for training, one for
+    # evaluation; a last short batch would make inductor compile again for dynamic shapes.
+    root = make_pre_split(tmp_path / "images", ["a", "b"], {"train": 8, "val": 4, "test": 4})
     run, inductor = tmp_path / "run", tmp_path / "inductor"
     proc = train_smoke(
         root,
@@ -41,6 +43,7 @@ def test_compiled_tiny_model_trains_on_the_cpu(tmp_path):
         "model.name=timm/test_resnet",
         "train.compile=true",
         "train.epochs=1",
+        "train.eval_batch_size=8",
         "train.log_every=1",
         "checkpoint.enabled=false",
         env={"TORCHINDUCTOR_CACHE_DIR": str(inductor)},
