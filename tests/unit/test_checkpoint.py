@@ -76,13 +76,17 @@ def _disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-@pytest.mark.parametrize("writer", ["save_file", "torch.save", "_fsync"])  # last: the manifest
+# first: the weights' file write; last: the manifest
+@pytest.mark.parametrize("writer", ["_Hashing.write", "torch.save", "_fsync"])
 def test_a_save_that_fails_on_a_full_disk_removes_its_half_written_folder(
     tmp_path, monkeypatch, writer
 ):
     previous = _save(tmp_path, 1)
     before = {p.name: p.read_bytes() for p in previous.iterdir()}
-    owner, name = (torch, "save") if writer == "torch.save" else (checkpoint, writer)
+    owner, name = {
+        "torch.save": (torch, "save"),
+        "_Hashing.write": (checkpoint._Hashing, "write"),
+    }.get(writer, (checkpoint, writer))
     monkeypatch.setattr(owner, name, _disk_full)
     with pytest.raises(OSError) as failed:
         _save(tmp_path, 2)
@@ -110,7 +114,7 @@ def test_saving_the_same_step_again_keeps_the_old_one_until_the_new_one_is_in_pl
 ):
     first = _save(tmp_path, 2)
     before = {p.name: p.read_bytes() for p in first.iterdir()}
-    monkeypatch.setattr(checkpoint, "save_file", _disk_full)
+    monkeypatch.setattr(checkpoint._Hashing, "write", _disk_full)
     with pytest.raises(OSError):
         _save(tmp_path, 2)
     assert {p.name: p.read_bytes() for p in first.iterdir()} == before

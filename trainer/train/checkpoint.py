@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from trainer.errors import writing
 
@@ -189,12 +190,11 @@ def save(
         with writing(tmp):  # a full disk names the checkpoint, not "unexpected pos" (torch.save)
             rank_file = tmp / f"rank-{rank:05d}.json"
             rank_file.write_text(json.dumps(payload.rank_state), encoding="utf-8")
-            if main:
-                _write_main(tmp, payload)
+            hashes = _write_main(tmp, payload) if main else {}
         accelerator.wait_for_everyone()
         if main:
             with writing(tmp):  # the manifest, too, may meet a full disk
-                _commit(tmp, final)
+                _commit(tmp, final, hashes)
     except BaseException:
         if main:  # a half-written checkpoint on a full disk would keep it full for the retry
             shutil.rmtree(tmp, ignore_errors=True)
@@ -205,22 +205,60 @@ def save(
     return final
 
 
-def _write_main(tmp: Path, payload: Payload) -> None:
-    """The files only the main process writes: weights, EMA, optimizer, where the run is."""
-    save_file(_contiguous(payload.model), str(tmp / "model.safetensors"))
-    if payload.ema is not None:
-        save_file(_contiguous(payload.ema), str(tmp / "ema.safetensors"))
+class _Hashing:
+    """A file opened for writing that also hashes what goes through it: the manifest's sha256
+    without reading the file back."""
+
+    def __init__(self, path: Path):
+        self.file, self.sha = open(path, "wb"), hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _write(path: Path, write) -> str:
+    """`write(file)` into `path`; returns the sha256 of the bytes written."""
+    out = _Hashing(path)
+    with out.file:
+        write(out)
+    return out.sha.hexdigest()
+
+
+def _write_main(tmp: Path, payload: Payload) -> dict[str, str]:
+    """The files only the main process writes: weights, EMA, optimizer, where the run is.
+    Returns the sha256 of each, by file name."""
+    hashes = {}
+    for name, state in (("model.safetensors", payload.model), ("ema.safetensors", payload.ema)):
+        if state is not None:
+            # serialized in memory: one model-sized copy (the optimizer streams)
+            data = safetensors.torch.save(_contiguous(state))
+            hashes[name] = _write(tmp / name, lambda f, data=data: f.write(data))
     if payload.optimizer is not None:
-        torch.save(payload.optimizer, tmp / "optimizer.pt")
-    (tmp / STATE).write_text(json.dumps(payload.trainer_state, indent=2), encoding="utf-8")
+        hashes["optimizer.pt"] = _write(
+            tmp / "optimizer.pt", lambda f: torch.save(payload.optimizer, f)
+        )
+    text = json.dumps(payload.trainer_state, indent=2).encode("utf-8")
+    hashes[STATE] = _write(tmp / STATE, lambda f: f.write(text))
+    return hashes
 
 
-def _commit(tmp: Path, final: Path) -> None:
-    """Manifest, fsync, then one rename: the folder appears complete or not at all."""
+def _commit(tmp: Path, final: Path, hashes: dict[str, str]) -> None:
+    """Manifest, fsync, then one rename: the folder appears complete or not at all. `hashes`:
+    the sha256 of files hashed as they were written; the others (the ranks' small files) are
+    read back."""
     files = sorted(p for p in tmp.iterdir() if p.is_file())
     for p in files:
         _fsync(p)
-    manifest = {"files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
+    manifest = {
+        "files": {
+            p.name: {"bytes": p.stat().st_size, "sha256": hashes.get(p.name) or _sha256(p)}
+            for p in files
+        }
+    }
     (tmp / COMPLETE).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     _fsync(tmp / COMPLETE)
     if not final.exists():
