@@ -57,6 +57,25 @@ def test_two_phase_recipe_phases_inherit_top_level_optim():
     assert cfg.train.freeze_bn is False  # as the reference: BatchNorm stays in train mode
 
 
+def test_reference_recipes_train_without_augmentation_as_their_scripts_do():
+    for recipe in ("resnext101-sgd", "resnet50-two-phase"):
+        cfg = load_config(recipe)
+        assert cfg.data.augment is False, recipe
+        assert not any(cfg.augments(p) for p in cfg.train.phases), recipe
+
+
+def test_a_phase_augments_as_it_says_else_as_data_augment_says():
+    cfg = load_config("transfer")
+    probe, finetune = cfg.train.phases
+    assert (probe.freeze, probe.augment, cfg.augments(probe)) == ("backbone", False, False)
+    assert (finetune.freeze, finetune.augment, cfg.augments(finetune)) == ("none", None, True)
+    assert cfg.train.freeze_bn is True and cfg.model.head == "linear"  # features can be cached
+    off = load_config("transfer", ["data.augment=false"])
+    assert not any(off.augments(p) for p in off.train.phases)
+    on = load_config("transfer", ["train.phases.0.augment=true"])
+    assert all(on.augments(p) for p in on.train.phases)
+
+
 def test_train_epochs_sets_the_single_phase_and_is_refused_for_several():
     assert load_config(None, ["train.epochs=3"]).train.phases[0].epochs == 3
     with pytest.raises(ConfigError, match=r"train\.epochs.*2 phases"):

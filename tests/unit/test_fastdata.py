@@ -81,7 +81,7 @@ def test_crop_boxes_follow_random_resized_crop_rules():
 def test_train_draws_depend_only_on_seed_epoch_and_row(images, tmp_path):
     cfg = _cfg(tmp_path, hflip=True, vflip=True)
     cache = pixelcache.build(images, PRE, cfg, workers=1)
-    view = CachedTrainView(cache, list(range(len(images))), cfg, seed=5, crop=32)
+    view = CachedTrainView(cache, list(range(len(images))), cfg, seed=5, crop=32, augment=True)
     a = view.__getitems__([(0, 1), (3, 1), (5, 1)])
     b = view.__getitems__([(5, 1), (0, 1)])
     assert torch.equal(a["boxes"][0], b["boxes"][1]) and torch.equal(a["boxes"][2], b["boxes"][0])
@@ -166,8 +166,8 @@ def test_decode_pipeline_eval_view_matches_the_pil_path_closely(tmp_path):
 def test_decode_pipeline_train_batches_carry_the_cached_pipelines_draws(images, tmp_path):
     cfg = _cfg(tmp_path, hflip=True)
     cache = pixelcache.build(images, PRE, cfg, workers=1)
-    cached = CachedTrainView(cache, [0] * 6, cfg, seed=3, crop=32)
-    files = CachedTrainView(decode.EncodedFiles(images, PRE), [0] * 6, cfg, 3, 32)
+    cached = CachedTrainView(cache, [0] * 6, cfg, seed=3, crop=32, augment=True)
+    files = CachedTrainView(decode.EncodedFiles(images, PRE), [0] * 6, cfg, 3, 32, True)
     keys = [(1, 0), (4, 0)]
     a, b = cached.__getitems__(keys), files.__getitems__(keys)
     assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["flips"], b["flips"])

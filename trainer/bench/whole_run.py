@@ -116,7 +116,10 @@ def _table_lines(s: Setup, ours: dict[str, Any], blog: dict[str, Any]) -> list[s
         f"{s.workers} workers, data.pipeline {ours['pipeline']}, "
         f"checkpoints {'on' if cfg.checkpoint.enabled else 'off'})"
     )
-    blog_desc = f"blog script (fp32, NCHW, batch {BLOG_BATCH_SIZE}, 0 workers, PIL ImageFolder)"
+    blog_desc = (
+        f"blog script (fp32, NCHW, batch {BLOG_BATCH_SIZE}, 0 workers, PIL ImageFolder, "
+        "augmenting where the phase does)"
+    )
     width = max(len(ours_desc), len(blog_desc))
     return [
         f"{'whole run':{width}}  {'wall clock':>10}  {'peak GPU mem':>12}",
@@ -128,7 +131,9 @@ def _table_lines(s: Setup, ours: dict[str, Any], blog: dict[str, Any]) -> list[s
 
 
 def _blog_loaders(s: Setup) -> dict[str, Any]:
-    """PIL ImageFolder per split folder, batch 16, no workers; the eval view resized by 256/224."""
+    """PIL ImageFolder per split folder, batch 16, no workers, the eval view (Resize by 256/224,
+    CenterCrop, Normalize); plus "augmented": the train folder through RandomResizedCrop and a
+    flip, for the phases that augment."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
@@ -140,14 +145,16 @@ def _blog_loaders(s: Setup) -> dict[str, Any]:
     eval_tf = transforms.Compose(
         [transforms.Resize(resize), transforms.CenterCrop(s.image_size), *norm]
     )
+    folders = {name: (path, eval_tf) for name, path in s.split_dirs.items()}
+    folders["augmented"] = (s.split_dirs["train"], train_tf)
     return {
         name: DataLoader(
-            datasets.ImageFolder(str(path), transform=train_tf if name == "train" else eval_tf),
+            datasets.ImageFolder(str(path), transform=tf),
             batch_size=BLOG_BATCH_SIZE,
-            shuffle=name == "train",
+            shuffle=name in ("train", "augmented"),
             num_workers=0,
         )
-        for name, path in s.split_dirs.items()
+        for name, (path, tf) in folders.items()
     }
 
 
@@ -178,7 +185,8 @@ def _blog_epoch(model, loader, device, optimizer=None) -> float:
 def blog_whole_run(s: Setup) -> dict[str, Any]:
     """A blog script's multi-phase transfer learning, as written in countless tutorials: PIL
     ImageFolder, batch 16, no workers, fp32, NCHW, `.item()` per batch; the phases (epochs,
-    freeze, lr) of the config, each with one Adam; the best val epoch's weights tested at the end."""
+    freeze, lr, augmentation) of the config, each with one Adam; the best val epoch's weights
+    tested at the end."""
     import torch
 
     from trainer.model import classifier
@@ -194,8 +202,9 @@ def blog_whole_run(s: Setup) -> dict[str, Any]:
         settings.freeze(model, phase)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, lr=phase.optim.lr)
+        train = loaders["augmented" if s.cfg.augments(phase) else "train"]
         for _ in range(phase.epochs):
-            _blog_epoch(model, loaders["train"], s.device, optimizer)
+            _blog_epoch(model, train, s.device, optimizer)
             acc = _blog_epoch(model, loaders["val"], s.device)
             if acc > best_acc:
                 best_acc, best_state = acc, copy.deepcopy(model.state_dict())

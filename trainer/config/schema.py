@@ -73,7 +73,8 @@ class DataConfig:
     sampler: Literal["shuffle", "balanced"] = "shuffle"
     """shuffle: each image once per epoch; balanced: draw classes equally often (imbalanced data)."""
     augment: bool = True
-    """false: train on the eval view (resize + center crop) with no random crop, flip or policy."""
+    """false: train on the eval view (resize + center crop) with no random crop, flip or policy;
+    train.phases.N.augment sets it per phase."""
     pipeline: Literal["auto", "pil", "cached", "decode"] = "auto"
     """pil: decode and augment every image every epoch in loader workers; cached: decode once to a
     uint8 cache, crop/flip/normalize batched on the device; decode: JPEGs decoded in batches on
@@ -163,6 +164,9 @@ class PhaseConfig:
     """What does not train in this phase: nothing, or the whole backbone (head only)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer and schedule of this phase; keys not given here come from the top-level optim."""
+    augment: bool | None = None
+    """Random crops, flips and policies on this phase's training images; null: data.augment. A
+    frozen phase without them can train its head on cached features (train.feature_cache)."""
 
     def __post_init__(self) -> None:
         check_numbers(self)
@@ -201,7 +205,8 @@ class TrainConfig:
     sync_bn: bool = False
     """SyncBatchNorm across GPUs under DDP (small per-GPU batches); ignored on CPU and one process."""
     channels_last: bool | None = None
-    """NHWC memory format (faster convolutions on tensor cores); null: on when training on CUDA."""
+    """NHWC memory format (faster convolutions on tensor cores and with oneDNN on CPUs); null: on
+    when training on CUDA or a CPU."""
     compile: bool = False
     """torch.compile the model (first steps slower while it compiles; faster after)."""
     feature_cache: bool | None = None
@@ -279,6 +284,10 @@ class RunConfig:
     """Resumable checkpoints."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """Experiment tracking (metrics.jsonl is always written)."""
+
+    def augments(self, phase: PhaseConfig) -> bool:
+        """Whether `phase` trains on augmented images: its own augment, else data.augment."""
+        return self.data.augment if phase.augment is None else phase.augment
 
     def __post_init__(self) -> None:
         if not isinstance(self.output_dir, str) or not self.output_dir.strip():

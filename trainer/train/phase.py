@@ -69,7 +69,7 @@ def start_phase(ctx: Context, state: State, model: torch.nn.Module, index: int) 
     _announce(ctx, state, index, a.unwrap_model(model), saved)
     pipeline = _pipeline(ctx, cfg, a.unwrap_model(model).backbone)
     val = a.prepare(pipeline.eval_loader("val")) if "val" in ctx.index.splits else None
-    train = pipeline.train_loader(sampler)
+    train = pipeline.train_loader(sampler, ctx.cfg.augments(cfg))
     ctx.startup.lap("phase start")  # the feature cache of a frozen phase is built above
     return Phase(index, cfg, model, optimizer, scheduler, sampler, pipeline, train, val)
 
@@ -113,6 +113,7 @@ def _announce(
         f"phase {index + 1}/{len(phases)} '{cfg.name}': {cfg.epochs} epochs, "
         f"freeze={cfg.freeze}, {cfg.optim.optimizer} lr {cfg.optim.lr:g} "
         f"(head x{cfg.optim.head_lr_mult:g}), {cfg.optim.scheduler} schedule, "
+        f"augment {'on' if ctx.cfg.augments(cfg) else 'off'}, "
         f"{count_trainable(model):,} trainable parameters"
         + (f"; resuming at epoch {at.phase_epoch + 1}, batch {at.batch}" if saved else "")
     )

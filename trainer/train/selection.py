@@ -32,7 +32,7 @@ class Selector:
     class_names: list[str]
     pre: Preprocessing
     patience: int | None  # train.early_stopping_patience
-    # Which mirror images training showed the model (data.augment and data.hflip/vflip):
+    # Which mirror images training showed the model (a phase's augmentation, data.hflip/vflip):
     # test-time augmentation mirrors only the way the model was trained to see.
     flips: dict[str, bool]
 

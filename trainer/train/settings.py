@@ -10,8 +10,12 @@ from trainer.model.classifier import Classifier, freeze_batchnorm, set_frozen
 
 
 def channels_last(cfg: TrainConfig, device: torch.device) -> bool:
-    """train.channels_last, else on for CUDA (tensor cores want NHWC), off elsewhere."""
-    return cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    """train.channels_last, else on for CUDA (tensor cores want NHWC) and CPUs (oneDNN's NHWC
+    convolutions: a ResNet-50 training step at 224 px took 0.86x the time of NCHW on the 2-core
+    development machine, an EfficientNet-B0 0.34x), off elsewhere."""
+    if cfg.channels_last is not None:
+        return cfg.channels_last
+    return device.type in ("cuda", "cpu")
 
 
 def eval_batch_size(cfg: TrainConfig) -> int:

@@ -119,10 +119,8 @@ def setup(
 def _selector(
     cfg: RunConfig, accelerator: Accelerator, run_dir: Path, index: DataIndex, pre: Preprocessing
 ) -> Selector:
-    flips = {
-        "horizontal": cfg.data.augment and cfg.data.hflip,
-        "vertical": cfg.data.augment and cfg.data.vflip,
-    }
+    augments = any(cfg.augments(p) for p in cfg.train.phases)
+    flips = {"horizontal": augments and cfg.data.hflip, "vertical": augments and cfg.data.vflip}
     return Selector(
         accelerator,
         run_dir / "model",
@@ -174,7 +172,8 @@ def _index(
     """The listed files' index, without the bad ones. The cached pipeline's pixel cache is built
     here, before the split: its decode of each file is also the bad-file check. Every rank runs
     this at once: one process per cache folder decodes while the others wait for it."""
-    name, why = choose.choose(cfg.data, len(listing.paths()), pre.resize_size)
+    augments = any(cfg.augments(p) for p in cfg.train.phases)
+    name, why = choose.choose(cfg.data, len(listing.paths()), pre.resize_size, augments)
     accelerator.print(f"input: {why}")
     pixels = None
     if name == "cached":

@@ -46,8 +46,9 @@ class Pipeline(Protocol):
     name: str  # pil, cached or decode: summary.json's "pipeline"
     inputs: Inputs
 
-    def train_loader(self, sampler: EpochBatchSampler) -> Iterable[dict]:
-        """Training batches in the sampler's (row, epoch) order, augmentation seeded per row."""
+    def train_loader(self, sampler: EpochBatchSampler, augment: bool) -> Iterable[dict]:
+        """Training batches in the sampler's (row, epoch) order; `augment`: random crops and
+        flips (and policies) seeded per row, else the eval view."""
         ...
 
     def eval_loader(self, split: str) -> DataLoader:

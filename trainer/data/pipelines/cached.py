@@ -47,9 +47,12 @@ class CachedTrainView(Dataset):
     from `decode.EncodedFiles`) plus each image's crop box and flips, drawn from (seed, epoch,
     row). Keys are (row, epoch), as from EpochBatchSampler."""
 
-    def __init__(self, source, labels: Sequence[int], cfg: DataConfig, seed: int, crop: int):
+    def __init__(
+        self, source, labels: Sequence[int], cfg: DataConfig, seed: int, crop: int, augment: bool
+    ):
         self.source, self.labels, self.cfg, self.seed = source, list(labels), cfg, seed
-        self.crop = crop  # the eval view's side, for data.augment=false
+        self.crop = crop  # the eval view's side, for a phase that does not augment
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -63,11 +66,11 @@ class CachedTrainView(Dataset):
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> dict:
         rows = [row for row, _ in keys]
-        # data.augment=false: the eval view, nothing drawn
-        batch = self.source.gather(rows, None if self.cfg.augment else self.crop)
+        # No augmentation: the eval view, nothing drawn
+        batch = self.source.gather(rows, None if self.augment else self.crop)
         batch["label"] = torch.tensor([self.labels[r] for r in rows])
         batch["index"] = torch.tensor(rows)
-        if self.cfg.augment:
+        if self.augment:
             draws = [self._draw(row, epoch) for row, epoch in keys]
             batch["boxes"] = torch.tensor([d[0] for d in draws], dtype=torch.float32)
             batch["flips"] = torch.tensor([[d[1], d[2]] for d in draws], dtype=torch.bool)
@@ -112,13 +115,13 @@ class CachedPipeline:
             self.say(f"pixel cache: {cache.nbytes / 1e6:.0f} MB held on the device")
         return self.resident if self.resident is not None else cache
 
-    def train_loader(self, sampler: EpochBatchSampler) -> DataLoader:
+    def train_loader(self, sampler: EpochBatchSampler, augment: bool) -> DataLoader:
         i = self.inputs
         cache = self._train_cache()
         resident = cache.resident is not None
         # Batches gathered in device memory need no workers (and cannot be pinned).
         workers = 0 if resident else min(i.workers, 4)
-        view = CachedTrainView(cache, i.labels("train"), i.cfg, i.seed, i.pre.image_size)
+        view = CachedTrainView(cache, i.labels("train"), i.cfg, i.seed, i.pre.image_size, augment)
         return make_train_loader(
             view, sampler, workers=workers, seed=i.seed, seeded=False, pin=not resident
         )
@@ -134,6 +137,6 @@ class CachedPipeline:
     def samples(self) -> Samples:
         i = self.inputs
         view = CachedTrainView(
-            self.caches["train"], i.labels("train"), i.cfg, i.seed, i.pre.image_size
+            self.caches["train"], i.labels("train"), i.cfg, i.seed, i.pre.image_size, i.cfg.augment
         )
         return Samples(view, self.transform)

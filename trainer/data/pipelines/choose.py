@@ -17,15 +17,19 @@ from trainer.data.pipelines.pil import PilPipeline
 from trainer.data.pipelines.pixelcache import PixelCache, cache_root
 
 
-def choose(cfg: DataConfig, n_images: int, size: int) -> tuple[str, str]:
+def choose(
+    cfg: DataConfig, n_images: int, size: int, augments: bool | None = None
+) -> tuple[str, str]:
     """pil, cached or decode, and a sentence saying why (for the log); ConfigError when the
-    pipeline asked for cannot do what the config asks."""
+    pipeline asked for cannot do what the config asks. `augments`: whether any phase augments
+    (None: data.augment)."""
     if cfg.pipeline == "pil":
         return "pil", "data.pipeline=pil"
+    augments = cfg.augment if augments is None else augments
     needs_pil = []
-    if cfg.augment and cfg.auto_augment != "none":
+    if augments and cfg.auto_augment != "none":
         needs_pil.append(f"data.auto_augment={cfg.auto_augment}")
-    if cfg.augment and cfg.random_erasing:
+    if augments and cfg.random_erasing:
         needs_pil.append("data.random_erasing")
     if needs_pil:
         why = f"{', '.join(needs_pil)} runs on PIL images"

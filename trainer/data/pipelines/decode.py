@@ -75,16 +75,16 @@ class DecodePipeline:
         }
         self.transform = DeviceTransform(inputs.pre, device)
 
-    def _train_view(self) -> CachedTrainView:
+    def _train_view(self, augment: bool) -> CachedTrainView:
         i = self.inputs
         return CachedTrainView(
-            self.files["train"], i.labels("train"), i.cfg, i.seed, i.pre.image_size
+            self.files["train"], i.labels("train"), i.cfg, i.seed, i.pre.image_size, augment
         )
 
-    def train_loader(self, sampler: EpochBatchSampler) -> DataLoader:
+    def train_loader(self, sampler: EpochBatchSampler, augment: bool) -> DataLoader:
         i = self.inputs
         return make_train_loader(
-            self._train_view(), sampler, workers=min(i.workers, 4), seed=i.seed, seeded=False
+            self._train_view(augment), sampler, workers=min(i.workers, 4), seed=i.seed, seeded=False
         )
 
     def eval_loader(self, split: str) -> DataLoader:
@@ -96,4 +96,4 @@ class DecodePipeline:
         return self.transform(batch)
 
     def samples(self) -> Samples:
-        return Samples(self._train_view(), self.transform)
+        return Samples(self._train_view(self.inputs.cfg.augment), self.transform)

@@ -47,7 +47,9 @@ def wanted(cfg: RunConfig, phase: PhaseConfig, backbone: nn.Module) -> tuple[boo
     if choice is True:
         return True, "train.feature_cache=true (features of the un-augmented eval view)"
     reasons = []
-    if cfg.data.augment:
+    if phase.augment:
+        reasons.append(f"augment=true in phase '{phase.name}'")
+    elif phase.augment is None and cfg.data.augment:
         reasons.append("data.augment=true")
     if cfg.train.mixup_alpha or cfg.train.cutmix_alpha:
         reasons.append("MixUp/CutMix")
@@ -125,7 +127,7 @@ class FeaturePipeline:
         self.inner, self.features = inner, features
         self.name, self.inputs = inner.name, inner.inputs
 
-    def train_loader(self, sampler: EpochBatchSampler) -> FeatureLoader:
+    def train_loader(self, sampler: EpochBatchSampler, augment: bool) -> FeatureLoader:
         return FeatureLoader(*self.features["train"], sampler)
 
     def eval_loader(self, split: str) -> DataLoader:

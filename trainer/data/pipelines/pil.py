@@ -63,21 +63,25 @@ class PilPipeline:
 
     def __init__(self, inputs: Inputs):
         self.inputs = inputs
-        pre, cfg = inputs.pre, inputs.cfg
-        self.datasets = {
-            split: to_hf_dataset(
-                items,
-                inputs.class_names,
-                train_transform(pre, cfg)
-                if split == "train" and cfg.augment
-                else eval_transform(pre),
-            )
+        self.datasets = {  # the eval view of every split
+            split: to_hf_dataset(items, inputs.class_names, eval_transform(inputs.pre))
             for split, items in inputs.splits.items()
         }
+        self.augmented: datasets.Dataset | None = None  # the train split augmented, once asked for
 
-    def train_loader(self, sampler: EpochBatchSampler) -> DataLoader:
+    def _train_set(self, augment: bool) -> datasets.Dataset:
+        if not augment:
+            return self.datasets["train"]
+        if self.augmented is None:
+            i = self.inputs
+            transform = train_transform(i.pre, i.cfg)
+            self.augmented = to_hf_dataset(i.splits["train"], i.class_names, transform)
+        return self.augmented
+
+    def train_loader(self, sampler: EpochBatchSampler, augment: bool) -> DataLoader:
         i = self.inputs
-        return make_train_loader(self.datasets["train"], sampler, workers=i.workers, seed=i.seed)
+        data = self._train_set(augment)
+        return make_train_loader(data, sampler, workers=i.workers, seed=i.seed)
 
     def eval_loader(self, split: str) -> DataLoader:
         return make_loader(
@@ -88,4 +92,4 @@ class PilPipeline:
         return batch  # already normalized by the workers
 
     def samples(self) -> datasets.Dataset:
-        return self.datasets["train"]
+        return self._train_set(self.inputs.cfg.augment)
