@@ -22,11 +22,11 @@ STEPS = [
     "data",
     "tests",
     "bench_eager",
-    "bench_compiled",
     "frozen_features_off",
     "frozen_features_on",
     "whole_resnet50-two-phase",
     "whole_transfer",
+    "bench_compiled",  # last: the longest on a GPU, the first to give way to --time-limit
 ]
 
 
