@@ -229,7 +229,12 @@ def step_frozen(check: Check, cached: bool) -> dict:
     overrides.append(f"train.feature_cache={str(cached).lower()}")
     name = f"frozen_features_{'on' if cached else 'off'}"
     args = ["--data", str(check.work / "data"), "--config", recipe, "--phase", "0"]
-    report, stdout = bench(check, name, [*args, *s.frozen_timing, *overrides])
+    timing = list(s.frozen_timing)
+    if "--epochs" not in timing:  # the phase as the recipe trains it
+        from trainer.config import load_config
+
+        timing += ["--epochs", str(load_config(recipe).train.phases[0].epochs)]
+    report, stdout = bench(check, name, [*args, *timing, *overrides])
     runner = report["cases"]["b"]
     found = FEATURES.search(stdout)
     if cached and not found:
@@ -327,10 +332,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", default="gpu_check", metavar="DIR", help="where the report goes")
     p.add_argument("--wheels", metavar="DIR", help="wheels to install offline (datasets, ...)")
     p.add_argument("--work", metavar="DIR", help="scratch folder (default: a temporary one)")
-    p.add_argument("--skip", action="append", default=[], metavar="STEP", help="leave a step out")
-    p.add_argument(
-        "--only", action="append", default=[], metavar="STEP", help="run only these steps"
-    )
+    for flag, meaning in (("--skip", "leave a step out"), ("--only", "run only these steps")):
+        p.add_argument(flag, action="append", default=[], metavar="STEP", help=meaning)
     p.add_argument(
         "--time-limit",
         type=float,

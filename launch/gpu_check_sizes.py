@@ -10,7 +10,7 @@ cache holds it; a trainer process ~10 s to import and start on CUDA.
   data          7,000 JPEGs of 224x224 on 16 CPUs                                    ~10 s
   tests         ~12 short runs, 4 at a time (pytest-xdist, on the GPU image)         ~70 s
   bench_eager   (a) 40 steps, (c) 70 batches, (d) 40 steps, (b) 2 epochs of 5,000     ~45 s
-  frozen x2     the same cases on the frozen phase, (b) 3 epochs                     ~50 s
+  frozen x2     the same cases on the frozen phase, (b) its 10 epochs at batch 32   ~65 s
   whole_resnet50-two-phase   blog: 7 epochs x 5,000 + 7 x 1,000 val + 1,000 test     ~80 s
                              ours: 7 epochs at batch 32, pixel cache, checkpoints    ~35 s
   whole_transfer             blog: 12 epochs (10 frozen) x 5,000 + 12 x 1,000 + test ~130 s
@@ -36,7 +36,7 @@ class Sizes:
     bench: list[str]  # overrides of the (a)-(d) bench
     bench_timing: list[str]  # --steps/--warmup/--epochs of the (a)-(d) bench
     frozen: list[str]  # overrides of the frozen-phase bench (besides the feature cache switch)
-    frozen_timing: list[str]
+    frozen_timing: list[str]  # (b)'s --epochs: the recipe's phase 0 epochs unless given here
     whole: list[str]  # overrides of both whole runs (none: the recipes as they are)
     test_workers: int  # pytest-xdist processes for tests/gpu where it is installed (1: none)
     tests_timeout: int
@@ -56,7 +56,7 @@ GPU = Sizes(
     ],
     bench_timing=["--steps", "30", "--warmup", "10", "--epochs", "2"],
     frozen=["train.mixed_precision=bf16", "train.channels_last=true"],
-    frozen_timing=["--steps", "20", "--warmup", "5", "--epochs", "3"],
+    frozen_timing=["--steps", "20", "--warmup", "5"],  # (b): the 10 epochs of transfer's probe
     whole=[],
     test_workers=4,
     tests_timeout=420,
