@@ -4,7 +4,7 @@
 # output) and DIR/gpu_check_tests.xml. Exit 0 only when every test and every step passed.
 #
 #   launch/gpu_check.sh --out /tmp/check --wheels .whl    # on one H100/H200, ~8 minutes
-#   launch/gpu_check.sh --cpu --out /tmp/check            # the same steps, tiny, on the CPU (~3 min)
+#   launch/gpu_check.sh --cpu --out /tmp/check            # the same steps, tiny, on the CPU (~4 min)
 #
 # Nothing is installed from the network. --wheels DIR pip-installs DIR/*.whl offline into a
 # temporary folder put on PYTHONPATH: the GPU machine lacks `datasets` (which every training run

@@ -1,5 +1,5 @@
 """How big each step of launch/gpu_check.sh is: the issue's setting on one GPU, tiny under --cpu
-(about 3 minutes on 2 CPU cores, `make test` runs it), and how long the GPU run should take.
+(3.5-4.5 minutes on 2 CPU cores, `make test` runs it), and how long the GPU run should take.
 
 Duration on one H100/H200 (an estimate, not a measurement: no GPU has run the check yet), from
 these sizes and typical speeds: ResNet-50 bf16 training ~2,500-3,000 images/s eager on one
