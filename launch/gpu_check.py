@@ -100,6 +100,9 @@ def run(
         out, err = proc.communicate()
         check.log(out + err + "[killed]")
         raise StepFailed(f"timed out after {timeout} s: {' '.join(args[:4])} ...") from None
+    except BaseException:  # Ctrl-C: the step's own session would outlive the check
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
     check.log(out + err + f"[exit {proc.returncode}]")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
@@ -351,6 +354,18 @@ def main(argv: list[str]) -> int:
         (out / stale).unlink(missing_ok=True)
     work = Path(args.work or tempfile.mkdtemp(prefix="gpu-check-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        return _check(args, argv, out, work)
+    except KeyboardInterrupt:
+        print(f"gpu_check: interrupted; the finished steps are in {out / 'gpu_check.json'}")
+        return 130
+    finally:
+        if not args.work:  # the generated JPEGs and runs: ours, in a temporary folder
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _check(args: argparse.Namespace, argv: list[str], out: Path, work: Path) -> int:
+    """The steps asked for, then the table; 1 if a step failed."""
     device = "cpu" if args.cpu else "cuda"
     check = Check(out, work, device, CPU if args.cpu else GPU, set(args.skip))
     if args.time_limit:

@@ -163,6 +163,11 @@ def test_whole_run_times_ours_and_the_blog_script(tmp_path):
     assert shown == pytest.approx(walls["blog script"] / walls["ours"], rel=0.05, abs=0.02)
 
     result = json.loads(out.read_text())["whole_run"]
+    for side in ("ours", "blog"):  # each phase's seconds, within the whole run's
+        phases = result[f"{side}_phase_seconds"]
+        assert list(phases) == ["head", "finetune"] and all(t > 0 for t in phases.values())
+        assert sum(phases.values()) <= result[f"{side}_seconds"]
+    assert "phase 'finetune': ours " in proc.stdout
     assert f"{result['ours_seconds']:.1f}" == f"{walls['ours']:.1f}"
     assert f"{result['blog_seconds']:.1f}" == f"{walls['blog script']:.1f}"
     assert result["blog_over_ours"] == pytest.approx(

@@ -111,3 +111,37 @@ def test_wheels_install_offline_and_a_failed_step_fails_the_check(tmp_path):
     assert "FAILED: wheels" in bad.stdout and "no .whl files" in bad.stdout
     report = json.loads((tmp_path / "bad" / "gpu_check.json").read_text())
     assert report["steps"]["environment"]["status"] == "ok"  # the next step still ran
+
+
+def test_ctrl_c_ends_the_running_step_with_the_check(tmp_path):
+    """The steps run in sessions of their own (so a timeout can end each whole): Ctrl-C on the
+    check must end the step running then too, not leave it training in the background."""
+    import signal
+    import time
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "PYTHON": sys.executable}
+    cmd = ["bash", str(SCRIPT), "--cpu", "--work", str(work), "--out", str(out), "--only", "tests"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        # A terminal's job takes Ctrl-C; the test may run where SIGINT is ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    log = out / "gpu_check.log"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "pytest" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # the step's pytest is running
+    os.killpg(proc.pid, signal.SIGINT)  # the whole process group, as a terminal does
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout[-3000:]
+    assert "gpu_check: interrupted" in stdout
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True).stdout
+    assert not left.strip(), f"processes of the step still running: {left}"

@@ -230,3 +230,12 @@ def test_config_naming_a_folder_says_it_is_a_folder(tmp_path, monkeypatch):
 def test_a_phase_optim_that_is_not_a_mapping_is_a_config_error():
     with pytest.raises(ConfigError, match=r"train\.phases\.0\.optim"):
         load_config(None, ["train.phases.0.optim=3"])
+
+
+def test_mixed_precision_no_given_bare_is_the_choice_no_not_false(tmp_path):
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {mixed_precision: no}\n")  # YAML 1.1: a bare no is false
+    assert load_config(str(path)).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        load_config(None, ["train.mixed_precision=yes"])

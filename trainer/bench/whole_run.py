@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -64,7 +65,9 @@ def run_whole(opts: BenchOptions) -> dict[str, Any]:
             "ours_test_accuracy": ours["summary"].get("test_accuracy"),
             "ours_pipeline": ours["pipeline"],
             "ours_peak_memory_bytes": ours["peak_memory_bytes"],
+            "ours_phase_seconds": ours["phase_seconds"],
             "blog_seconds": blog["seconds"],
+            "blog_phase_seconds": blog["phase_seconds"],
             "blog_test_accuracy": blog["test_accuracy"],
             "blog_peak_memory_bytes": blog["peak_memory_bytes"],
             "blog_over_ours": blog["seconds"] / ours["seconds"],
@@ -96,16 +99,31 @@ def _time_runner(s: Setup, run_dir: Path) -> dict[str, Any]:
 
     cfg = runner_config(s, run_dir, None)
     with PeakMemory(s.device) as peak:
-        start = time.perf_counter()
+        start, wall = time.perf_counter(), time.time()
         summary = run(cfg)
         sync(s.device)
         seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
+        "phase_seconds": _runner_phases(run_dir / "metrics.jsonl", wall),
         "summary": summary,
         "pipeline": pipeline_used(s, summary),
         "peak_memory_bytes": peak.bytes,
     }
+
+
+def _runner_phases(metrics: Path, start: float) -> dict[str, float]:
+    """Seconds from the run's start (or the previous phase's last epoch) to each phase's last
+    epoch event: the first phase includes the start-up; the test and report come after."""
+    ends: dict[str, float] = {}
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        event = json.loads(line)
+        if event["event"] == "epoch":
+            ends[event["phase"]] = event["time"]
+    phases, previous = {}, start
+    for name, end in ends.items():
+        phases[name], previous = end - previous, end
+    return phases
 
 
 def _table_lines(s: Setup, ours: dict[str, Any], blog: dict[str, Any]) -> list[str]:
@@ -121,10 +139,17 @@ def _table_lines(s: Setup, ours: dict[str, Any], blog: dict[str, Any]) -> list[s
         "augmenting where the phase does)"
     )
     width = max(len(ours_desc), len(blog_desc))
+    phases = [
+        f"phase '{name}': ours {ours['phase_seconds'].get(name, 0.0):.1f}s, "
+        f"blog {blog['phase_seconds'][name]:.1f}s"
+        for name in blog["phase_seconds"]
+    ]
     return [
         f"{'whole run':{width}}  {'wall clock':>10}  {'peak GPU mem':>12}",
         f"{ours_desc:{width}}  {ours['seconds']:9.1f}s  {gib(ours['peak_memory_bytes']):>12}",
         f"{blog_desc:{width}}  {blog['seconds']:9.1f}s  {gib(blog['peak_memory_bytes']):>12}",
+        *phases,
+        "(ours' first phase includes its start-up; the test and report come after the phases)",
         "",
         f"blog / ours  {blog['seconds'] / ours['seconds']:6.2f}  (wall-clock ratio: above 1, ours is that many times faster)",
     ]
@@ -197,8 +222,9 @@ def blog_whole_run(s: Setup) -> dict[str, Any]:
     torch.manual_seed(0)
     model, _ = classifier.build_model(s.cfg.model, s.num_classes)
     model = model.to(s.device)
-    best_acc, best_state = -1.0, None
+    best_acc, best_state, phase_seconds = -1.0, None, {}
     for phase in s.cfg.train.phases:
+        phase_start = time.perf_counter()
         settings.freeze(model, phase)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, lr=phase.optim.lr)
@@ -208,11 +234,14 @@ def blog_whole_run(s: Setup) -> dict[str, Any]:
             acc = _blog_epoch(model, loaders["val"], s.device)
             if acc > best_acc:
                 best_acc, best_state = acc, copy.deepcopy(model.state_dict())
+        sync(s.device)
+        phase_seconds[phase.name] = time.perf_counter() - phase_start
     model.load_state_dict(best_state)
     test_acc = _blog_epoch(model, loaders["test"], s.device) if "test" in loaders else None
     sync(s.device)
     return {
         "seconds": time.perf_counter() - start,
+        "phase_seconds": phase_seconds,
         "best_val_accuracy": best_acc,
         "test_accuracy": test_acc,
     }

@@ -33,6 +33,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return _coerce_union(value, tp, key)
     if origin is Literal:
         choices = typing.get_args(tp)
+        if value is False and "no" in choices:  # YAML 1.1 reads a bare `no` as false
+            value = "no"
         if value not in choices:
             raise ConfigError(
                 f"{key}: expected one of {', '.join(map(str, choices))}; got {value!r}"

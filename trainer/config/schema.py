@@ -211,7 +211,8 @@ class TrainConfig:
     """torch.compile the model (first steps slower while it compiles; faster after)."""
     feature_cache: bool | None = None
     """Frozen-backbone phases: compute backbone features once, train the head on them; null: when
-    the head's inputs cannot change between epochs (no augmentation, no MixUp/CutMix, no dropout)."""
+    the head's inputs cannot change between epochs (no augmentation, BatchNorm frozen by
+    train.freeze_bn, no MixUp/CutMix, no dropout in the backbone)."""
     select_metric: Literal["val_accuracy", "val_loss", "val_balanced_accuracy", "val_macro_f1"] = (
         "val_accuracy"
     )
