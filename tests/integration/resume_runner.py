@@ -31,15 +31,16 @@ if os.environ.get("SAMPLE_LOG"):
     sampling.SeededView.__getitems__ = logged
 
 if os.environ.get("CRASH_SAVING_STEP"):
-    original_save_file = checkpoint.save_file
+    original_write = checkpoint._write  # every file the main process writes into a checkpoint
     doomed = f"step-{int(os.environ['CRASH_SAVING_STEP']):08d}.tmp"
 
-    def save_then_die(tensors, filename, *args, **kwargs):
-        original_save_file(tensors, filename, *args, **kwargs)
-        if doomed in filename and filename.endswith("model.safetensors"):
+    def write_then_die(path, write):
+        sha = original_write(path, write)
+        if doomed in str(path) and path.name == "model.safetensors":
             os.kill(os.getpid(), signal.SIGKILL)
+        return sha
 
-    checkpoint.save_file = save_then_die
+    checkpoint._write = write_then_die
 
 if os.environ.get("FORGET_POSITION"):
     original_prepare = setup.prepare_run_dir
