@@ -15,7 +15,8 @@ from PIL import Image
 
 from trainer.config import DataConfig
 from trainer.data.pipelines import choose, decode, device, pil, pixelcache
-from trainer.data.pipelines.cached import CachedEvalView, CachedTrainView, crop_box
+from trainer.data.pipelines.cached import CachedEvalView, CachedTrainView
+from trainer.data.pipelines.geometry import crop_box
 from trainer.data.transforms import Preprocessing, eval_transform, load_rgb
 
 PRE = Preprocessing(32, 37, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -70,7 +71,7 @@ def test_parallel_and_serial_builds_store_the_same_pixels(images, tmp_path):
 def test_crop_boxes_follow_random_resized_crop_rules():
     g = torch.Generator().manual_seed(0)
     for _ in range(500):
-        x1, y1, x2, y2 = crop_box(g, 64, 0.25)
+        x1, y1, x2, y2 = crop_box(g, 64, 64, 0.25)
         w, h = x2 - x1, y2 - y1
         assert 0 <= x1 < x2 <= 64 and 0 <= y1 < y2 <= 64
         if (w, h) != (64, 64):  # not the fallback
@@ -100,7 +101,7 @@ def test_a_full_box_without_flip_is_the_resized_square(images, tmp_path):
         "flips": torch.tensor([[True, False]]),
     }
     out = device.DeviceTransform(PRE, torch.device("cpu"))(batch)["pixel_values"][0]
-    square = torch.from_numpy(np.array(cache.pixels[2])).permute(2, 0, 1).float()
+    square = torch.from_numpy(np.array(cache.pixels[2, :, :37])).permute(2, 0, 1).float()
     expect = torch.nn.functional.interpolate(
         square[None], size=32, mode="bilinear", antialias=True
     )[0]
@@ -201,3 +202,46 @@ def test_an_exif_rotated_jpeg_looks_the_same_to_training_validation_and_predict(
     for got in (predict, pil_val, cached_val):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert (decoded_val - want).abs().mean() < 0.05  # torch's resize instead of Pillow's
+
+
+def test_crop_boxes_are_random_resized_crops_of_the_whole_window():
+    from torchvision.transforms import v2
+
+    for height, width in [(37, 37), (37, 55), (55, 37), (37, 120), (90, 37)]:
+        crop = v2.RandomResizedCrop(32, scale=(0.08, 1.0))
+        params = getattr(crop, "make_params", None) or crop._get_params
+        for seed in range(40):
+            torch.manual_seed(seed)
+            p = params([torch.zeros(3, height, width)])
+            want = (p["left"], p["top"], p["left"] + p["width"], p["top"] + p["height"])
+            assert crop_box(torch.Generator().manual_seed(seed), height, width, 0.08) == want
+
+
+def test_the_cache_keeps_non_square_images_whole_up_to_3_to_2(tmp_path):
+    rng = np.random.default_rng(2)
+    sizes = [(60, 40), (40, 60), (37, 111)]  # w x h: 3:2, 2:3, 1:3
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        paths.append(str(tmp_path / f"w{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    cache = pixelcache.build(paths, PRE, _cfg(tmp_path), workers=1)
+    assert cache.pixels.shape == (3, 37, 55, 3)  # the widest window: all of 55 x 37
+    assert [cache.extent(r) for r in range(3)] == [(37, 55), (55, 37), (55, 37)]
+    resized = load_rgb(paths[0]).resize((55, 37), Image.BILINEAR)
+    assert np.array_equal(cache.pixels[0], np.asarray(resized))  # the whole image, edges too
+    resized = load_rgb(paths[1]).resize((37, 55), Image.BILINEAR)
+    assert np.array_equal(cache.pixels[1], np.asarray(resized).swapaxes(0, 1))  # stored landscape
+
+
+def test_a_portrait_window_is_cropped_like_the_same_image_landscape(tmp_path):
+    # Already at the cache's height (37): no resize, whose rounding would differ when transposed
+    wide = np.random.default_rng(3).integers(0, 256, (37, 55, 3), dtype=np.uint8)
+    paths = [str(tmp_path / "wide.png"), str(tmp_path / "tall.png")]
+    Image.fromarray(wide).save(paths[0])
+    Image.fromarray(np.ascontiguousarray(wide.swapaxes(0, 1))).save(paths[1])
+    cache = pixelcache.build(paths, PRE, _cfg(tmp_path), workers=1)
+    batch = cache.gather([0, 1], None)
+    batch["boxes"] = torch.tensor([[20.0, 3.0, 54.0, 30.0], [3.0, 20.0, 30.0, 54.0]])
+    batch["flips"] = torch.tensor([[False, False], [False, False]])
+    out = device.DeviceTransform(PRE, torch.device("cpu"))(batch)["pixel_values"]
+    torch.testing.assert_close(out[1], out[0].transpose(1, 2), atol=1e-5, rtol=0)

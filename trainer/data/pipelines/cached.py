@@ -2,8 +2,8 @@
 its bad-file check), crops and flips drawn per image on the CPU and applied to whole batches on
 the device.
 
-Training crops (RandomResizedCrop's rule, inside the cached S x S square) and flips are drawn per
-image from (seed, epoch, row), like the PIL path's augmentation, so resumed runs stay exact; the
+Training crops (RandomResizedCrop's rule, over each image's cached window: the whole image up to
+3:2) and flips are drawn per image from (seed, epoch, row), like the PIL path's augmentation, so resumed runs stay exact; the
 device applies them with roi_align (`trainer.data.pipelines.device`). When the cache fits in
 device memory (data.cache_on_device) a copy is kept there for the whole run and batches are
 gathered from it, with no loader workers and no host copy per batch.
@@ -11,7 +11,6 @@ gathered from it, with no loader workers and no host copy per batch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -21,31 +20,16 @@ from trainer.config import DataConfig
 from trainer.data.loaders import make_loader, make_train_loader
 from trainer.data.pipelines.base import Inputs
 from trainer.data.pipelines.device import DeviceTransform, Samples
+from trainer.data.pipelines.geometry import crop_box
 from trainer.data.pipelines.pixelcache import PixelCache, keep_on_device
 from trainer.data.sampling import EpochBatchSampler, sample_seed
 
 
-def crop_box(g: torch.Generator, size: int, min_scale: float) -> tuple[float, float, float, float]:
-    """RandomResizedCrop's box (x1, y1, x2, y2) inside a size x size square (torchvision's rule:
-    area fraction in [min_scale, 1], aspect ratio in [3/4, 4/3], 10 tries, then the whole)."""
-    area = size * size
-    log_lo, log_hi = math.log(3 / 4), math.log(4 / 3)
-    for _ in range(10):
-        target = area * torch.empty(1).uniform_(min_scale, 1.0, generator=g).item()
-        ratio = math.exp(torch.empty(1).uniform_(log_lo, log_hi, generator=g).item())
-        w = int(round(math.sqrt(target * ratio)))
-        h = int(round(math.sqrt(target / ratio)))
-        if 0 < w <= size and 0 < h <= size:
-            top = int(torch.randint(0, size - h + 1, (1,), generator=g))
-            left = int(torch.randint(0, size - w + 1, (1,), generator=g))
-            return (left, top, left + w, top + h)
-    return (0, 0, size, size)
-
-
 class CachedTrainView(Dataset):
-    """Training batches: a source's images (uint8 squares from a PixelCache, or encoded files
-    from `decode.EncodedFiles`) plus each image's crop box and flips, drawn from (seed, epoch,
-    row). Keys are (row, epoch), as from EpochBatchSampler."""
+    """Training batches: a source's images (uint8 windows from a PixelCache, or encoded files
+    from `decode.EncodedFiles`) plus each image's crop box (in its window, the image's own
+    orientation) and flips, drawn from (seed, epoch, row). Keys are (row, epoch), as from
+    EpochBatchSampler."""
 
     def __init__(
         self, source, labels: Sequence[int], cfg: DataConfig, seed: int, crop: int, augment: bool
@@ -59,7 +43,7 @@ class CachedTrainView(Dataset):
 
     def _draw(self, row: int, epoch: int) -> tuple[tuple[float, ...], bool, bool]:
         g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, row))
-        box = crop_box(g, self.source.size, self.cfg.min_crop_scale)
+        box = crop_box(g, *self.source.extent(row), self.cfg.min_crop_scale)
         hflip = self.cfg.hflip and bool(torch.rand(1, generator=g) < 0.5)
         vflip = self.cfg.vflip and bool(torch.rand(1, generator=g) < 0.5)
         return box, hflip, vflip
@@ -95,7 +79,7 @@ class CachedEvalView(Dataset):
 
 
 class CachedPipeline:
-    """data.pipeline=cached: batches of cached squares, augmented on the device."""
+    """data.pipeline=cached: batches of cached windows, augmented on the device."""
 
     name = "cached"
 

@@ -40,11 +40,12 @@ def choose(
         return "decode", "decode pipeline: JPEG batches decoded on the device, augmented in batches"
     root = cache_root(cfg)
     root.mkdir(parents=True, exist_ok=True)
-    need = n_images * size * size * 3  # uint8 RGB squares at the eval resize
+    # uint8 RGB at the eval resize: S x S for square images, up to S x 1.5S for others (windows)
+    need = n_images * size * size * 3
     free = shutil.disk_usage(root).free
     if need > 0.9 * free:  # a tenth kept free for everything else on that disk
         why = (
-            f"the pixel cache needs {need / 1e9:.1f} GB ({n_images:,} images x {size}x{size}x3 "
+            f"the pixel cache needs at least {need / 1e9:.1f} GB ({n_images:,} images x {size}x{size}x3 "
             f"bytes), {root} has {free / 1e9:.1f} GB free"
         )
         bigger = f"data.cache_dir=DIR on a disk with {need / 0.9 / 1e9:.1f} GB free"

@@ -1,8 +1,8 @@
 """What happens to a cached or decode pipeline's batch on the device: JPEG decoding (decode
 pipeline), the crop + resize + flip of training (roi_align, bilinear), normalization.
 
-A batch arrives as uint8 squares (S x S, the eval resize) or encoded JPEGs, plus per-image crop
-boxes and flips drawn on the CPU (`trainer.data.pipelines.cached.CachedTrainView`), and leaves as
+A batch arrives as uint8 windows (shorter side S, the eval resize: `geometry`) or encoded JPEGs,
+plus per-image crop boxes and flips drawn on the CPU (`cached.CachedTrainView`), and leaves as
 normalized float images, so the only per-image work in the loader workers is a file read.
 """
 
@@ -12,16 +12,27 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import roi_align
 
-from trainer.data.pipelines.pixelcache import square_offsets
-from trainer.data.transforms import Preprocessing, center_crop_offset
+from trainer.data.pipelines.geometry import (
+    Window,
+    eval_crop,
+    resized_size,
+    store,
+    stored_boxes,
+    window,
+)
+from trainer.data.transforms import Preprocessing
 
 
-def decode_squares(encoded: list[torch.Tensor], pre: Preprocessing, device) -> torch.Tensor:
-    """Encoded JPEGs (1-D uint8) and ready squares (S x S x 3) -> B x S x S x 3 uint8 on `device`:
-    decoded there, resized so the shorter side is S (antialiased) and squared like the cache."""
+def decode_windows(
+    encoded: list[torch.Tensor], windows: list[Window | None], pre: Preprocessing, device
+) -> tuple[list[torch.Tensor], list[Window]]:
+    """Encoded JPEGs (1-D uint8) and ready windows (with their Window) -> each image's window as
+    the cache stores it (S x width x 3 uint8, landscape) on `device`, and its Window: decoded
+    there, resized so the shorter side is S (antialiased)."""
     size = pre.resize_size
     jpegs = [i for i, e in enumerate(encoded) if e.dim() == 1]
     out: list[torch.Tensor | None] = [e.to(device) if e.dim() == 3 else None for e in encoded]
+    where = list(windows)
     if jpegs:
         try:
             images = decode_jpeg(
@@ -38,16 +49,23 @@ def decode_squares(encoded: list[torch.Tensor], pre: Preprocessing, device) -> t
                 for i in jpegs
             ]
         for i, img in zip(jpegs, images):
-            h, w = img.shape[1:]
-            scale = size / min(h, w)
-            nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+            nh, nw = resized_size(*img.shape[1:], size)
             img = torch.nn.functional.interpolate(
                 img[None].float(), size=(nh, nw), mode=pre.interpolation, antialias=True
             )[0]
-            top, left = square_offsets(nh, nw, size, pre.image_size)
-            square = img[:, top : top + size, left : left + size].round().clamp(0, 255)
-            out[i] = square.to(torch.uint8).permute(1, 2, 0)
-    return torch.stack(out)
+            where[i] = window(nh, nw, size, pre.image_size)
+            pixels = store(img.permute(1, 2, 0), where[i]).round().clamp(0, 255)
+            out[i] = pixels.to(torch.uint8)
+    return out, where
+
+
+def _padded(windows: list[torch.Tensor]) -> torch.Tensor:
+    """Stored windows of one height and various widths -> B x S x L x 3, zero-padded."""
+    width = max(w.shape[1] for w in windows)
+    out = windows[0].new_zeros((len(windows), windows[0].shape[0], width, 3))
+    for i, w in enumerate(windows):
+        out[i, :, : w.shape[1]] = w
+    return out
 
 
 class DeviceTransform:
@@ -60,21 +78,34 @@ class DeviceTransform:
         self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255
 
+    def _decode(self, batch: dict) -> None:
+        """The decode pipeline's batch: decoded and windowed here, then as from the cache."""
+        stored, windows = decode_windows(
+            batch.pop("encoded"), batch.pop("windows"), self.pre, self.device
+        )
+        if "boxes" in batch:
+            batch["pixels"] = _padded(stored)
+            flags = [w.transposed for w in windows]
+            batch["transposed"] = torch.tensor(flags, device=self.device)
+        else:  # eval view (or data.augment=false): the center crop
+            crops = [eval_crop(s, w.row(), self.size) for s, w in zip(stored, windows)]
+            batch["pixels"] = torch.stack(crops)
+
     def __call__(self, batch: dict) -> dict:
-        if "encoded" in batch:  # decode pipeline: decode + square here, then as from the cache
-            squares = decode_squares(batch.pop("encoded"), self.pre, self.device)
-            if "boxes" not in batch:  # eval view (or data.augment=false): the center crop
-                t = center_crop_offset(self.pre.resize_size, self.size)
-                squares = squares[:, t : t + self.size, t : t + self.size]
-            batch["pixels"] = squares
+        if "encoded" in batch:
+            self._decode(batch)
         if "pixels" not in batch:
             return batch
         x = batch.pop("pixels").permute(0, 3, 1, 2).float()  # B x 3 x H x W, 0..255
         if "boxes" in batch:
             boxes = batch.pop("boxes")
+            transposed = batch.pop("transposed", torch.zeros(len(boxes), dtype=torch.bool))
+            transposed = transposed.to(boxes.device).view(-1, 1, 1, 1)
+            boxes = stored_boxes(boxes, transposed.view(-1))
             index = torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)
             rois = torch.cat([index[:, None], boxes], dim=1)
             x = roi_align(x, rois, (self.size, self.size), 1.0, sampling_ratio=2, aligned=True)
+            x = torch.where(transposed, x.transpose(2, 3), x)  # back to the image's orientation
             flips = batch.pop("flips")
             x = torch.where(flips[:, 0].view(-1, 1, 1, 1), x.flip(3), x)
             x = torch.where(flips[:, 1].view(-1, 1, 1, 1), x.flip(2), x)

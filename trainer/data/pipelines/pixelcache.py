@@ -2,7 +2,10 @@
 
 Decoding a JPEG costs far more than a training step's share of a GPU, so each image is decoded
 once into a uint8 cache at cache resolution S (the eval resize, e.g. 256 for a 224 crop):
-  CACHE/<key>/pixels.u8   N x S x S x 3 bytes, memory-mapped; CACHE/<key>/meta.json written last
+  CACHE/<key>/pixels.u8      N x S x L x 3 bytes, memory-mapped: each image's window, stored
+                             landscape (`trainer.data.pipelines.geometry`), zero-padded to L
+  CACHE/<key>/geometry.npy   N x 4: each window's height, width and eval crop's corner
+  CACHE/<key>/meta.json      written last: marks the cache complete
 One cache holds every file a run indexed, one row each, before the split: the same decode is the
 bad-file check (a file that fails is recorded in meta.json, its row left zero, and the index leaves
 it out before splitting), so a first run decodes each image once. The key is a hash of every
@@ -11,9 +14,11 @@ cache and any change to the data or the resolution builds a new one. One process
 cache while the others that need it wait (a lock file next to it): one build per node with
 node-local cache folders, one in all with a shared one.
 
-Each image is resized so its shorter side is S (the same call the eval transform makes) and cut
-to an S x S square placed so that the eval view (a center crop of image_size) has exactly the
-pixels of the PIL eval path.
+Each image is resized so its shorter side is S (the same call the eval transform makes) and kept
+whole up to 3:2 (its window), so training crops reach as far as the PIL path's, and the eval view
+(a center crop of image_size) has exactly the pixels of the PIL eval path. L is the widest window
+of the data set: S for square images, at most 1.5 x S. A quick pass over the files' headers finds
+it before the decode.
 """
 
 from __future__ import annotations
@@ -39,10 +44,11 @@ from torchvision.transforms.v2 import functional as TF
 from trainer import locks, progress
 from trainer.config import DataConfig
 from trainer.data.badfiles import decode_checked, pixel_limit
-from trainer.data.transforms import Preprocessing, center_crop_offset, load_rgb
+from trainer.data.pipelines.geometry import Window, eval_crop, file_window, store, window
+from trainer.data.transforms import Preprocessing, load_rgb
 from trainer.data.workers import ctrl_c_held, ignore_ctrl_c
 
-FORMAT = 2  # bump when the cache layout or the resize changes (2: a row per file, bad ones too)
+FORMAT = 3  # bump when the cache layout or the resize changes (3: whole windows, not squares)
 STALE_AFTER_S = 24 * 3600  # a build folder of another host untouched this long is abandoned
 PROGRESS_FROM = 1000  # show the build's progress from this many images
 
@@ -62,35 +68,29 @@ def cache_key(paths: Sequence[str], size: int, interpolation: str, limit: int | 
     return h.hexdigest()[:32]
 
 
-def square_offsets(h: int, w: int, size: int, crop: int) -> tuple[int, int]:
-    """Top-left of the S x S square such that its center crop of `crop` equals the center crop
-    of `crop` from the whole h x w image (torchvision's rounding, applied twice)."""
-    inner = center_crop_offset(size, crop)
-    top = min(max(center_crop_offset(h, crop) - inner, 0), h - size)
-    left = min(max(center_crop_offset(w, crop) - inner, 0), w - size)
-    return top, left
+def decode(path: str, pre: Preprocessing, size: int) -> tuple[np.ndarray, Window]:
+    """One image as the cache stores it: its window (S x width x 3 uint8, landscape), and
+    where that window is."""
+    return _window(load_rgb(path), pre, size)
 
 
-def decode(path: str, pre: Preprocessing, size: int) -> np.ndarray:
-    """One image as the S x S x 3 uint8 square the cache stores."""
-    return _square(load_rgb(path), pre, size)
-
-
-def _square(rgb: Image.Image, pre: Preprocessing, size: int) -> np.ndarray:
+def _window(
+    rgb: Image.Image, pre: Preprocessing, size: int, longest: int | None = None
+) -> tuple[np.ndarray, Window]:
     img = TF.resize(rgb, size, interpolation=InterpolationMode(pre.interpolation))
-    w, h = img.size
-    top, left = square_offsets(h, w, size, pre.image_size)
-    return np.array(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    win = window(img.height, img.width, size, pre.image_size, longest)
+    return np.array(store(np.asarray(img, dtype=np.uint8), win)), win  # a writable copy
 
 
 @dataclass
 class PixelCache:
-    """The squares of the files a cache was built from (`paths`, one row each, in order), or of
+    """The windows of the files a cache was built from (`paths`, one row each, in order), or of
     a split of them (`rows`)."""
 
     folder: Path
     size: int
-    pixels: np.ndarray  # memory-mapped N x S x S x 3 uint8
+    pixels: np.ndarray  # memory-mapped N x S x L x 3 uint8: windows stored landscape
+    geometry: np.ndarray  # N x 4 int32: Window.row() of each row (height, width, eval corner)
     paths: Sequence[str] = ()  # the files of the rows of `pixels`
     bad: dict[str, str] = field(default_factory=dict)  # path -> why it does not decode (zeros)
     rows: np.ndarray | None = None  # this split's rows of `pixels`; None: every row, in order
@@ -107,7 +107,7 @@ class PixelCache:
 
     @property
     def nbytes(self) -> int:
-        return len(self) * self.size * self.size * 3
+        return len(self) * math.prod(self.pixels.shape[1:])
 
     def __len__(self) -> int:
         return len(self.pixels) if self.rows is None else len(self.rows)
@@ -121,21 +121,30 @@ class PixelCache:
         resident = torch.from_numpy(own).to(device)
         return replace(self, resident=resident)
 
+    def extent(self, row: int) -> tuple[int, int]:
+        """(height, width) of one image's window, in the image's own orientation."""
+        height, width = self.geometry[self._rows([row])[0], :2]
+        return int(height), int(width)
+
     def center(self, row: int, crop: int) -> torch.Tensor:
         """The eval view of one image: its center crop of `crop`, uint8 HWC."""
-        t = center_crop_offset(self.size, crop)
-        i = row if self.rows is None else int(self.rows[row])
-        return torch.from_numpy(np.array(self.pixels[i, t : t + crop, t : t + crop]))
+        i = self._rows([row])[0]
+        return torch.from_numpy(np.array(eval_crop(self.pixels[i], self.geometry[i], crop)))
 
     def gather(self, rows: list[int], crop: int | None) -> dict:
-        """{"pixels": B x S x S x 3} for augmentation, or the center crops when `crop` is given
-        (data.augment=false); from device memory when the cache is resident."""
+        """{"pixels": B x S x L x 3, "transposed": B} for augmentation, or {"pixels"} of the
+        center crops when `crop` is given (data.augment=false); from device memory when the
+        cache is resident."""
         if crop is not None:
             return {"pixels": torch.stack([self.center(r, crop) for r in rows])}
+        index = self._rows(rows)
+        geometry = self.geometry[index]
+        transposed = torch.from_numpy(geometry[:, 0] > geometry[:, 1])
         if self.resident is not None:
             index = torch.tensor(rows, device=self.resident.device)
-            return {"pixels": self.resident.index_select(0, index)}
-        return {"pixels": torch.from_numpy(np.ascontiguousarray(self.pixels[self._rows(rows)]))}
+            return {"pixels": self.resident.index_select(0, index), "transposed": transposed}
+        pixels = torch.from_numpy(np.ascontiguousarray(self.pixels[index]))
+        return {"pixels": pixels, "transposed": transposed}
 
 
 def keep_on_device(cfg: DataConfig, cache: PixelCache, device: torch.device) -> bool:
@@ -176,11 +185,12 @@ def build(
     if not built:
         say(f"pixel cache: reusing {folder} ({len(paths)} images at {size}px)")
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    pixels = np.memmap(
-        folder / "pixels.u8", dtype=np.uint8, mode="r", shape=(len(paths), size, size, 3)
-    )
+    shape = (len(paths), size, meta["width"], 3)
+    pixels = np.memmap(folder / "pixels.u8", dtype=np.uint8, mode="r", shape=shape)
+    geometry = np.load(folder / "geometry.npy")
     bad = {paths[int(row)]: reason for row, reason in meta["bad"].items()}
-    return PixelCache(folder, size, pixels, list(paths), bad, decoded=len(paths) if built else 0)
+    decoded = len(paths) if built else 0
+    return PixelCache(folder, size, pixels, geometry, list(paths), bad, decoded=decoded)
 
 
 def _build_folder(
@@ -204,53 +214,74 @@ def _build_folder(
             pass
     finally:  # interrupted (Ctrl-C, a full disk): leave nothing behind
         shutil.rmtree(tmp, ignore_errors=True)
-    n = len(paths)
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     tell(
-        f"pixel cache: {n} images decoded in {time.perf_counter() - start:.1f}s, "
-        f"{n * size * size * 3 / 1e6:.1f} MB at {folder} (by process {os.getpid()} on "
+        f"pixel cache: {meta['images']} images decoded in {time.perf_counter() - start:.1f}s, "
+        f"{meta['bytes'] / 1e6:.1f} MB at {folder} (by process {os.getpid()} on "
         f"{socket.gethostname()})"
     )
 
 
 def _fill(
-    args: tuple[str, Sequence[tuple[int, str]], int, int, Preprocessing, int | None],
-) -> tuple[int, dict[int, str]]:
-    """Decode one job's files into their rows: (files done, {row: why it is bad})."""
-    file, jobs, n, size, pre, limit = args
-    pixels = np.memmap(file, dtype=np.uint8, mode="r+", shape=(n, size, size, 3))
-    bad = {}
+    args: tuple[str, Sequence[tuple[int, str]], tuple[int, ...], Preprocessing, int | None],
+) -> tuple[int, dict[int, str], dict[int, tuple[int, ...]]]:
+    """Decode one job's files into their rows: (files done, {row: why it is bad},
+    {row: Window.row()})."""
+    file, jobs, shape, pre, limit = args
+    n, size, width = shape[:3]
+    pixels = np.memmap(file, dtype=np.uint8, mode="r+", shape=shape)
+    bad, geometry = {}, {}
     for row, path in jobs:
         rgb, reason = decode_checked(path, limit)
         if rgb is None:
             bad[row] = reason
+            geometry[row] = window(size, size, size, pre.image_size).row()
         else:
-            pixels[row] = _square(rgb, pre, size)
+            stored, win = _window(rgb, pre, size, longest=width)
+            pixels[row, :, : stored.shape[1]] = stored
+            geometry[row] = win.row()
     pixels.flush()
-    return len(jobs), bad
+    return len(jobs), bad, geometry
+
+
+def _widest(args: tuple[Sequence[str], Preprocessing, int]) -> tuple[int, int]:
+    """(files looked at, the longest window side among them), from the files' headers."""
+    paths, pre, size = args
+    sides = [max(file_window(p, size, pre.image_size).row()[:2]) for p in paths]
+    return len(paths), max(sides, default=size)
 
 
 def _decode_into(
     tmp: Path, paths: Sequence[str], pre: Preprocessing, size: int, limit: int | None, workers: int
 ) -> None:
-    """A complete cache folder at `tmp`: pixels.u8 filled, then meta.json (which marks it done)."""
+    """A complete cache folder at `tmp`: pixels.u8 and geometry.npy filled, then meta.json
+    (which marks it done)."""
     n = len(paths)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    file = tmp / "pixels.u8"
-    np.memmap(file, dtype=np.uint8, mode="w+", shape=(n, size, size, 3)).flush()
     chunk = max(1, min(256, math.ceil(n / max(1, workers) / 4)))
+    parallel = workers if n > chunk else 1
+    heads = [(paths[i : i + chunk], pre, size) for i in range(0, n, chunk)]
+    width = max((w for _, w in _run_jobs(_widest, heads, parallel)), default=size)
+    file, shape = tmp / "pixels.u8", (n, size, width, 3)
+    np.memmap(file, dtype=np.uint8, mode="w+", shape=shape).flush()
     rows = list(enumerate(paths))
-    jobs = [(str(file), rows[i : i + chunk], n, size, pre, limit) for i in range(0, n, chunk)]
+    jobs = [(str(file), rows[i : i + chunk], shape, pre, limit) for i in range(0, n, chunk)]
     bad: dict[int, str] = {}
+    geometry = np.zeros((n, 4), dtype=np.int32)
     bar = progress.bar(None, "pixel cache", total=n, unit="images", disable=n < PROGRESS_FROM)
     with bar:
-        for done, found in _run_jobs(jobs, workers if n > chunk else 1):
+        for done, found, where in _run_jobs(_fill, jobs, parallel):
             bad.update(found)
+            for row, g in where.items():
+                geometry[row] = g
             bar.update(done)
+    np.save(tmp / "geometry.npy", geometry)
     meta = {
         "images": n,
         "size": size,
-        "bytes": n * size * size * 3,
+        "width": width,
+        "bytes": math.prod(shape),
         "format": FORMAT,
         "bad": {str(row): bad[row] for row in sorted(bad)},
         "built_by": f"process {os.getpid()} on {socket.gethostname()}",
@@ -258,15 +289,15 @@ def _decode_into(
     (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
 
 
-def _run_jobs(jobs: list, workers: int) -> Iterator[tuple[int, dict[int, str]]]:
-    """Each job's result, from a pool of forked workers (in this process with 1 worker)."""
+def _run_jobs(work: Callable, jobs: list, workers: int) -> Iterator:
+    """work(job) for each job, from a pool of forked workers (in this process with 1 worker)."""
     if workers <= 1:
-        yield from map(_fill, jobs)
+        yield from map(work, jobs)
         return
     with ctrl_c_held():  # the workers are forked here
         pool = mp.get_context("fork").Pool(workers, initializer=ignore_ctrl_c)
     with pool:
-        yield from pool.imap_unordered(_fill, jobs)
+        yield from pool.imap_unordered(work, jobs)
 
 
 def remove_stale_builds(root: Path, now: float | None = None) -> list[Path]:
