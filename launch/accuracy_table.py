@@ -1,10 +1,16 @@
-"""Measure the accuracy switches on real data sets that installed packages ship (no network).
+"""Measure recipes, input pipelines and switches on real data sets that installed packages ship
+(no network).
 
-    .venv/bin/python launch/accuracy_table.py [--seeds 0 1 2] [--out runs/accuracy]
-    .venv/bin/python launch/accuracy_table.py --decisions [--seeds 0 1 2]
+    .venv/bin/python launch/accuracy_table.py [--seeds 0 1 2] [--out runs/accuracy] [--only TEXT]
+    .venv/bin/python launch/accuracy_table.py --pipelines
+    .venv/bin/python launch/accuracy_table.py --decisions
 
-For each data set, trains the same recipe without and with the switches, once per seed, on
-this machine (CPU or GPU), and prints a markdown table of test accuracy (mean +- std).
+For each data set, trains each variant once per seed on this machine (CPU or GPU) and prints a
+markdown table of test accuracy (mean +- std), then the cached pipeline's difference to the PIL
+pipeline per data set. The variants: the data set's recipe with the default (cached) pipeline,
+the same with data.pipeline=pil, the recipe plus the switches (which run on the PIL pipeline),
+and the `scratch` recipe given only what a user knows of the data (its split, whether mirror
+flips keep the class). With --pipelines: the two pipeline variants only.
 With --decisions: trains the recipe only and prints, per data set, the test split's calibration
 (ECE and NLL of the raw softmax and after the temperature fitted on val, from report.json) and
 what test-time augmentation gains (`trainer eval --tta` on the same test images).
@@ -16,12 +22,15 @@ import argparse
 import csv
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.data.demo import write_digits, write_lfw_faces
+from trainer.data.demo import write_digits, write_lfw_faces, write_photo_crops
 
 # Switches on top of a recipe. Mirror flips stay off: a mirrored digit is another glyph.
 TRICKS = [
@@ -32,44 +41,81 @@ TRICKS = [
     "train.ema_decay=0.99",
     "optim.clip_grad_norm=5.0",
 ]
-DATASETS = {
-    # name: (builder, base overrides)
-    "digits (sklearn, 10 classes, 1,797 images)": (write_digits, ["--config", "digits"]),
-    "digits, low data: 10% for training (~180 images), 70% test": (
+
+
+@dataclass(frozen=True)
+class DataSet:
+    name: str
+    builder: Callable[[Path], Path]
+    facts: list[str]  # what a user knows of the data: how to split it, whether flips keep a class
+    recipe: list[str]  # the recipe tuned for it and its overrides
+
+    @property
+    def slug(self) -> str:
+        return self.builder.__name__.removeprefix("write_")
+
+
+DATASETS = [
+    DataSet(
+        "digits (sklearn, 10 classes, 1,797 images)",
         write_digits,
-        [
-            "--config",
-            "digits",
-            "data.split=[0.1,0.2,0.7]",
-            "train.epochs=30",
-            "train.batch_size=32",
-        ],
+        ["data.split=[0.7,0.2,0.1]", "data.hflip=false"],
+        ["--config", "digits"],
     ),
-    "LFW faces vs non-faces (skimage, 2 classes, 200 images)": (
+    DataSet(
+        "digits, low data: 10% for training (~180 images), 70% test",
+        write_digits,
+        ["data.split=[0.1,0.2,0.7]", "data.hflip=false"],
+        ["--config", "digits", "train.epochs=30", "train.batch_size=32"],
+    ),
+    DataSet(
+        "LFW faces vs non-faces (skimage, 2 classes, 200 images)",
         write_lfw_faces,
+        ["data.split=[0.5,0.2,0.3]"],
+        ["--config", "digits", "train.epochs=20", "train.batch_size=32"],
+    ),
+    DataSet(
+        "photo crops (skimage + sklearn photos, 10 classes, 1,000 non-square crops)",
+        write_photo_crops,
+        ["data.split=[0.5,0.2,0.3]"],
         [
             "--config",
             "digits",
-            "data.split=[0.5,0.2,0.3]",
-            "train.epochs=20",
+            "data.image_size=64",
+            "data.hflip=true",
+            "train.epochs=12",
             "train.batch_size=32",
         ],
     ),
+]
+# variant: its command line for a data set
+PIPELINES: dict[str, Callable[[DataSet], list[str]]] = {
+    "recipe, data.pipeline=pil": lambda d: [*d.recipe, *d.facts, "data.pipeline=pil"],
+    "recipe, data.pipeline=cached (the default)": lambda d: [
+        *d.recipe,
+        *d.facts,
+        "data.pipeline=cached",
+    ],
+}
+VARIANTS = {
+    **PIPELINES,
+    "recipe + switches (PIL pipeline)": lambda d: [*d.recipe, *d.facts, *TRICKS],
+    "scratch recipe": lambda d: ["--config", "scratch", *d.facts],
 }
 
 
-def train(base: list[str], extra: list[str], data: Path, out: Path) -> dict:
+def train(args: list[str], seed: int, data: Path, out: Path) -> dict:
     cmd = [
         sys.executable,
         "-m",
         "trainer",
         "train",
-        *base,
+        *args,
         f"data.root={data}",
         f"output_dir={out}",
         "overwrite=true",
         "checkpoint.enabled=false",
-        *extra,
+        f"train.seed={seed}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -104,19 +150,14 @@ def decisions(args: argparse.Namespace, out: Path) -> None:
     """Per data set and seed: test ECE/NLL raw and calibrated, accuracy without and with TTA."""
     keys = ("ece_before", "ece_after", "nll_before", "nll_after", "plain", "tta")
     rows = []
-    for name, (builder, base) in DATASETS.items():
-        if args.only and args.only not in name:
+    for d in DATASETS:
+        if args.only and args.only not in d.name:
             continue
-        data = builder(out / "data" / builder.__name__.removeprefix("write_"))
+        name, data = d.name, d.builder(out / "data" / d.slug)
         per_seed: dict[str, list[float]] = {k: [] for k in (*keys, "temperature")}
         for seed in args.seeds:
-            run = (
-                out
-                / "decisions"
-                / builder.__name__.removeprefix("write_")
-                / f"{len(rows)}-seed{seed}"
-            )
-            summary = train(base, [f"train.seed={seed}"], data, run)
+            run = out / "decisions" / d.slug / f"{len(rows)}-seed{seed}"
+            summary = train([*d.recipe, *d.facts], seed, data, run)
             cal = json.loads((run / "report.json").read_text())["calibration"]
             numbers = {k: cal[k] for k in keys[:4]} | {"temperature": summary["temperature"]}
             numbers |= {"plain": eval_accuracy(run, data), "tta": eval_accuracy(run, data, "--tta")}
@@ -137,61 +178,103 @@ def decisions(args: argparse.Namespace, out: Path) -> None:
         )
 
 
+def measure(args: argparse.Namespace, out: Path, variants: dict[str, Callable]) -> list[dict]:
+    """Each data set x variant x seed trained once: per (data set, variant) the test accuracies."""
+    rows = []
+    for i, d in enumerate(DATASETS):
+        if args.only and args.only not in d.name:
+            continue
+        data = d.builder(out / "data" / d.slug)
+        for variant, command in variants.items():
+            if args.variant and not any(v in variant for v in args.variant):
+                continue
+            accs, seconds = [], []
+            for seed in args.seeds:
+                tag = re.sub(r"[^a-z0-9]+", "_", variant.lower()).strip("_")
+                run = out / f"{i}-{d.slug}" / tag / f"seed{seed}"
+                summary = train(command(d), seed, data, run)
+                accs.append(summary["test_accuracy"])
+                seconds.append(summary["train_seconds"])
+                print(
+                    f"{d.name} | {variant} | seed {seed}: test {accs[-1]:.4f} "
+                    f"on {summary['test_samples']}",
+                    flush=True,
+                )
+            rows.append(
+                {
+                    "name": d.name,
+                    "variant": variant,
+                    "accs": accs,
+                    "mean": statistics.mean(accs),
+                    "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                    "seconds": statistics.mean(seconds),
+                    "test": summary["test_samples"],
+                }
+            )
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(
+        "\n| data set | variant | test accuracy (mean +- std) | per seed | test images | train s/run |"
+    )
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        seeds = ", ".join(f"{a:.2%}" for a in r["accs"])
+        print(
+            f"| {r['name']} | {r['variant']} | {r['mean']:.2%} +- {r['std']:.2%} | {seeds} "
+            f"| {r['test']} | {r['seconds']:.0f} |"
+        )
+
+
+def print_differences(rows: list[dict], base: str, other: str) -> None:
+    """Per data set: `other` minus `base`, in points of test accuracy (means over seeds)."""
+    print(f"\n| data set | {base} | {other} | difference ({other} - {base}) |")
+    print("|---|---|---|---|")
+    by = {(r["name"], r["variant"]): r for r in rows}
+    for name in dict.fromkeys(r["name"] for r in rows):
+        if (name, base) not in by or (name, other) not in by:
+            continue  # a variant left out (--variant)
+        a, b = by[(name, base)], by[(name, other)]
+        print(
+            f"| {name} | {a['mean']:.2%} +- {a['std']:.2%} | {b['mean']:.2%} +- {b['std']:.2%} "
+            f"| {(b['mean'] - a['mean']) * 100:+.2f} points |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", help="run only the data sets whose name contains this text")
-    parser.add_argument("--out", default="runs/accuracy")
     parser.add_argument(
+        "--variant",
+        action="append",
+        help="run only the variants whose name contains this text (repeatable)",
+    )
+    parser.add_argument("--out", default="runs/accuracy")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
         "--decisions",
         action="store_true",
         help="calibration and test-time augmentation instead of the switches",
+    )
+    mode.add_argument(
+        "--pipelines",
+        action="store_true",
+        help="only each recipe with data.pipeline=pil and data.pipeline=cached, and the difference",
     )
     args = parser.parse_args()
     out = Path(args.out)
     if args.decisions:
         decisions(args, out)
-        return
-    rows = []
-    for name, (builder, base) in DATASETS.items():
-        if args.only and args.only not in name:
-            continue
-        data = builder(out / "data" / builder.__name__.removeprefix("write_"))
-        for variant, extra in (("recipe", []), ("recipe + switches", TRICKS)):
-            accs, seconds = [], []
-            for seed in args.seeds:
-                slug = f"{len(rows) // 2}-{builder.__name__.removeprefix('write_')}"
-                run = out / slug / variant.replace(" ", "").replace("+", "_") / f"seed{seed}"
-                summary = train(base, [*extra, f"train.seed={seed}"], data, run)
-                accs.append(summary["test_accuracy"])
-                seconds.append(summary["train_seconds"])
-                print(
-                    f"{name} | {variant} | seed {seed}: test {summary['test_accuracy']:.4f} on {summary['test_samples']}",
-                    flush=True,
-                )
-            std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            rows.append(
-                (
-                    name,
-                    variant,
-                    statistics.mean(accs),
-                    std,
-                    accs,
-                    statistics.mean(seconds),
-                    summary["test_samples"],
-                )
-            )
-    print(
-        "\n| data set | variant | test accuracy (mean +- std) | per seed | test images | train s/run |"
-    )
-    print("|---|---|---|---|---|---|")
-    for name, variant, mean, std, accs, secs, n in rows:
-        print(
-            f"| {name} | {variant} | {mean:.2%} +- {std:.2%} | {', '.join(f'{a:.2%}' for a in accs)} | {n} | {secs:.0f} |"
-        )
-    print(f"\nswitches: {' '.join(TRICKS)}")
+    else:
+        rows = measure(args, out, PIPELINES if args.pipelines else VARIANTS)
+        print_table(rows)
+        print_differences(rows, *PIPELINES)
+        if not args.pipelines:
+            print(f"\nswitches: {' '.join(TRICKS)}")
 
 
 if __name__ == "__main__":

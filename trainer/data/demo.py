@@ -1,4 +1,5 @@
-"""A real data set that needs no network: scikit-learn's handwritten digits as an image folder."""
+"""Real data sets that need no network: scikit-learn's handwritten digits, scikit-image's faces,
+and crops of the photos both packages ship, as image folders."""
 
 from __future__ import annotations
 
@@ -54,4 +55,50 @@ def write_lfw_faces(folder: str | Path, size: int = 32) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         img.resize((size, size), Image.Resampling.BICUBIC).save(out)
     marker.write_text(f"{len(images)} images\n")
+    return folder
+
+
+PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "hubble_deep_field")
+PHOTOS += ("immunohistochemistry", "retina", "rocket")
+SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
+
+
+def _photos() -> dict[str, np.ndarray]:
+    """The 10 bundled real photos (RGB uint8), by name: 8 of scikit-image, 2 of scikit-learn."""
+    from skimage import data  # a dev dependency, for the accuracy table
+    from sklearn.datasets import load_sample_image
+
+    photos = {name: getattr(data, name)() for name in PHOTOS}
+    photos |= {name.removesuffix(".jpg"): load_sample_image(name) for name in SKLEARN_PHOTOS}
+    return {k: np.stack([v] * 3, axis=-1) if v.ndim == 2 else v for k, v in photos.items()}
+
+
+def write_photo_crops(folder: str | Path, per_class: int = 100, short_side: int = 128) -> Path:
+    """Which photo is this crop from? FOLDER/<photo>/<n>.jpg: `per_class` random crops of each of
+    10 bundled real photos, of varied shape (width/height log-uniform in [0.4, 2.5]) and size
+    (2% to 12% of the photo's area), saved with the shorter side `short_side` px (JPEG q90).
+
+    Non-square on purpose: a pipeline that trains on the center square only never sees the rest.
+    Crops of one photo overlap, so a test crop can share pixels with training crops (it is a
+    benchmark of input pipelines and recipes, not of generalization to new photos)."""
+    folder = Path(folder)
+    marker = folder / ".complete"
+    if marker.is_file():
+        return folder
+    rng = np.random.default_rng(0)
+    for name, photo in _photos().items():
+        h, w = photo.shape[:2]
+        for i in range(per_class):
+            area = h * w * np.exp(rng.uniform(np.log(0.02), np.log(0.12)))
+            ratio = np.exp(rng.uniform(np.log(0.4), np.log(2.5)))
+            cw = min(w, int(round(np.sqrt(area * ratio))))
+            ch = min(h, int(round(np.sqrt(area / ratio))))
+            top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            crop = Image.fromarray(photo[top : top + ch, left : left + cw])
+            scale = short_side / min(cw, ch)
+            size = (round(cw * scale), round(ch * scale))
+            out = folder / name / f"{i:03d}.jpg"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            crop.resize(size, Image.Resampling.BICUBIC).save(out, quality=90)
+    marker.write_text(f"{per_class * 10} images\n")
     return folder
