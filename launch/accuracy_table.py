@@ -47,7 +47,9 @@ TRICKS = [
 class DataSet:
     name: str
     builder: Callable[[Path], Path]
-    facts: list[str]  # what a user knows of the data: how to split it, whether flips keep a class
+    # What a user knows of the data: how to split it, whether a mirror image keeps its class,
+    # its images' size when below the scratch recipe's 64 px
+    facts: list[str]
     recipe: list[str]  # the recipe tuned for it and its overrides
 
     @property
@@ -59,19 +61,19 @@ DATASETS = [
     DataSet(
         "digits (sklearn, 10 classes, 1,797 images)",
         write_digits,
-        ["data.split=[0.7,0.2,0.1]", "data.hflip=false"],
+        ["data.split=[0.7,0.2,0.1]", "data.hflip=false", "data.image_size=32"],
         ["--config", "digits"],
     ),
     DataSet(
         "digits, low data: 10% for training (~180 images), 70% test",
         write_digits,
-        ["data.split=[0.1,0.2,0.7]", "data.hflip=false"],
+        ["data.split=[0.1,0.2,0.7]", "data.hflip=false", "data.image_size=32"],
         ["--config", "digits", "train.epochs=30", "train.batch_size=32"],
     ),
     DataSet(
         "LFW faces vs non-faces (skimage, 2 classes, 200 images)",
         write_lfw_faces,
-        ["data.split=[0.5,0.2,0.3]"],
+        ["data.split=[0.5,0.2,0.3]", "data.image_size=32"],
         ["--config", "digits", "train.epochs=20", "train.batch_size=32"],
     ),
     DataSet(
@@ -192,7 +194,11 @@ def measure(args: argparse.Namespace, out: Path, variants: dict[str, Callable]) 
             for seed in args.seeds:
                 tag = re.sub(r"[^a-z0-9]+", "_", variant.lower()).strip("_")
                 run = out / f"{i}-{d.slug}" / tag / f"seed{seed}"
-                summary = train(command(d), seed, data, run)
+                done = run / "summary.json"
+                if args.reuse and done.is_file():
+                    summary = json.loads(done.read_text())
+                else:
+                    summary = train(command(d), seed, data, run)
                 accs.append(summary["test_accuracy"])
                 seconds.append(summary["train_seconds"])
                 print(
@@ -254,6 +260,11 @@ def main() -> None:
         help="run only the variants whose name contains this text (repeatable)",
     )
     parser.add_argument("--out", default="runs/accuracy")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read the runs already in --out (their summary.json) instead of training them again",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--decisions",

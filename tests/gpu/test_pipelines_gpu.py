@@ -8,7 +8,7 @@ Tolerances (each test records the difference it measured, for `launch/gpu_check.
   a few CUDA kernels, e.g. adaptive average pooling's backward, have no deterministic version).
 - JPEG decoding: two decoders' IDCT and chroma upsampling differ (libjpeg-turbo in torchvision
   and Pillow agree exactly on the CPU): mean |difference| <= 2 levels of 255 and 99.9% of the
-  values within 32; the S x S squares after the antialiased resize (torch on the device vs
+  values within 32; the windows (shorter side S) after the antialiased resize (torch on the device vs
   Pillow; on the CPU mean 0.37, 99.9% within 6, max 11) within mean 2.5 and the same 32. A
   wrong decode (channels swapped, another orientation, a shifted crop) is off by tens on average.
 - feature cache: the same batches in the same order through the same frozen backbone, the
@@ -114,8 +114,8 @@ def test_jpeg_decoding_on_the_device_matches_pillow(tmp_path):
     decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=there)
     pillow = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     raw = _differences([d.permute(1, 2, 0) for d in decoded], pillow)
-    squares = on_device.decode_squares(encoded, IMAGENET, there)
-    cached = [pixelcache.decode(str(p), IMAGENET, IMAGENET.resize_size) for p in paths]
+    squares, _ = on_device.decode_windows(encoded, [None] * len(paths), IMAGENET, there)
+    cached = [pixelcache.decode(str(p), IMAGENET, IMAGENET.resize_size)[0] for p in paths]
     squared = _differences(list(squares), cached)
     tolerance = "mean <= 2 (2.5 squared), p99.9 <= 32"
     record("jpeg_decode", decode=raw, squares=squared, tolerance=tolerance)
