@@ -234,13 +234,17 @@ def print_table(rows: list[dict]) -> None:
 
 
 def print_differences(rows: list[dict], base: str, other: str) -> None:
-    """Per data set: `other` minus `base`, in points of test accuracy (means over seeds)."""
-    print(f"\n| data set | {base} | {other} | difference ({other} - {base}) |")
-    print("|---|---|---|---|")
+    """Per data set: the cached pipeline (`other`) minus PIL (`base`), in points of test
+    accuracy (means over seeds); nothing when a run left either out (--variant)."""
     by = {(r["name"], r["variant"]): r for r in rows}
-    for name in dict.fromkeys(r["name"] for r in rows):
-        if (name, base) not in by or (name, other) not in by:
-            continue  # a variant left out (--variant)
+    names = [
+        n for n in dict.fromkeys(r["name"] for r in rows) if (n, base) in by and (n, other) in by
+    ]
+    if not names:
+        return
+    print("\n| data set | PIL pipeline | cached pipeline | cached - PIL |")
+    print("|---|---|---|---|")
+    for name in names:
         a, b = by[(name, base)], by[(name, other)]
         print(
             f"| {name} | {a['mean']:.2%} +- {a['std']:.2%} | {b['mean']:.2%} +- {b['std']:.2%} "
