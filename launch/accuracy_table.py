@@ -281,6 +281,10 @@ def main() -> None:
         help="only each recipe with data.pipeline=pil and data.pipeline=cached, and the difference",
     )
     args = parser.parse_args()
+    if args.only and not any(args.only in d.name for d in DATASETS):
+        parser.exit(2, f"--only {args.only!r}: no data set's name contains it\n")
+    if args.variant and not any(v in name for v in args.variant for name in VARIANTS):
+        parser.exit(2, f"--variant {args.variant}: no variant's name contains any of them\n")
     out = Path(args.out)
     if args.decisions:
         decisions(args, out)
