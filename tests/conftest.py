@@ -30,6 +30,7 @@ os.environ.setdefault("TRAINER_CACHE_DIR", _THROWAWAY_CACHE)
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_THROWAWAY_CACHE, ignore_errors=True)
 
+
 COLORS = [(220, 40, 40), (40, 200, 60), (40, 70, 220), (230, 200, 40), (200, 60, 220)]
 
 

@@ -3,6 +3,7 @@ on, and per-image crop/flip draws that depend only on (seed, epoch, row)."""
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -13,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.config import DataConfig
+from trainer.config import ConfigError, DataConfig
 from trainer.data.pipelines import choose, decode, device, pil, pixelcache
 from trainer.data.pipelines.cached import CachedEvalView, CachedTrainView
 from trainer.data.pipelines.geometry import crop_box
@@ -139,6 +140,35 @@ def test_a_cache_too_big_for_its_disk_says_how_big_and_the_two_ways_out(tmp_path
     message = str(refused.value)
     assert "39.3 GB" in message and "data.cache_dir=DIR" in message
     assert "data.pipeline=decode" in message
+
+
+def _no_room_by_disk_usage(monkeypatch):
+    monkeypatch.setattr(
+        pixelcache.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(0, 0, 1000)
+    )
+
+
+def _no_room_by_fallocate(monkeypatch):
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pixelcache.os, "posix_fallocate", full, raising=False)
+
+
+@pytest.mark.parametrize("no_room", [_no_room_by_disk_usage, _no_room_by_fallocate])
+def test_a_cache_without_room_on_its_disk_is_refused_before_any_decode(
+    images, tmp_path, monkeypatch, no_room
+):
+    no_room(monkeypatch)
+    decoded = []
+    monkeypatch.setattr(pixelcache, "_fill", lambda job: decoded.append(job))
+    with pytest.raises(ConfigError) as refused:
+        pixelcache.build(images, PRE, _cfg(tmp_path), workers=1)
+    message = str(refused.value)
+    assert "needs 0.0 MB (6 images x 37x55x3 bytes), " in message  # 55: the widest window, 81 x 40
+    assert "data.cache_dir=DIR" in message and "data.pipeline=decode" in message
+    assert decoded == []
+    assert [p for p in (tmp_path / "cache").iterdir() if p.is_dir()] == []  # no half-built cache
 
 
 def test_decode_pipeline_eval_view_matches_the_pil_path_closely(tmp_path):

@@ -14,7 +14,7 @@ from trainer.data.pipelines.base import Inputs, Pipeline
 from trainer.data.pipelines.cached import CachedPipeline
 from trainer.data.pipelines.decode import DecodePipeline
 from trainer.data.pipelines.pil import PilPipeline
-from trainer.data.pipelines.pixelcache import PixelCache, cache_root
+from trainer.data.pipelines.pixelcache import PixelCache, amount, cache_root
 
 
 def choose(
@@ -45,10 +45,10 @@ def choose(
     free = shutil.disk_usage(root).free
     if need > 0.9 * free:  # a tenth kept free for everything else on that disk
         why = (
-            f"the pixel cache needs at least {need / 1e9:.1f} GB ({n_images:,} images x {size}x{size}x3 "
-            f"bytes), {root} has {free / 1e9:.1f} GB free"
+            f"the pixel cache needs at least {amount(need)} ({n_images:,} images x {size}x{size}x3 "
+            f"bytes), {root} has {amount(free)} free"
         )
-        bigger = f"data.cache_dir=DIR on a disk with {need / 0.9 / 1e9:.1f} GB free"
+        bigger = f"data.cache_dir=DIR on a disk with {amount(need / 0.9)} free"
         if cfg.pipeline == "cached":
             raise ConfigError(
                 f"data.pipeline=cached: {why}; set {bigger}, or data.pipeline=decode (no cache: "

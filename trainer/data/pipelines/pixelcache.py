@@ -23,6 +23,7 @@ it before the decode.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -42,7 +43,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from trainer import locks, progress
-from trainer.config import DataConfig
+from trainer.config import ConfigError, DataConfig
 from trainer.data.badfiles import decode_checked, pixel_limit
 from trainer.data.pipelines.geometry import Window, eval_crop, file_window, store, window
 from trainer.data.transforms import Preprocessing, load_rgb
@@ -264,7 +265,7 @@ def _decode_into(
     heads = [(paths[i : i + chunk], pre, size) for i in range(0, n, chunk)]
     width = max((w for _, w in _run_jobs(_widest, heads, parallel)), default=size)
     file, shape = tmp / "pixels.u8", (n, size, width, 3)
-    np.memmap(file, dtype=np.uint8, mode="w+", shape=shape).flush()
+    _reserve(file, shape)
     rows = list(enumerate(paths))
     jobs = [(str(file), rows[i : i + chunk], shape, pre, limit) for i in range(0, n, chunk)]
     bad: dict[int, str] = {}
@@ -287,6 +288,42 @@ def _decode_into(
         "built_by": f"process {os.getpid()} on {socket.gethostname()}",
     }
     (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+def _reserve(file: Path, shape: tuple[int, ...]) -> None:
+    """Create `file` with every byte of `shape` allocated on its disk. A sparse file would let
+    the build start, then kill a decode worker with SIGBUS once the disk is full; this way a
+    disk without room is a ConfigError here, saying how much is needed and the ways out."""
+    need = math.prod(shape)
+    free = shutil.disk_usage(file.parent).free
+    with open(file, "wb") as f:
+        f.truncate(need)
+        if need <= free and _allocate(f.fileno(), need):
+            return
+    n, height, width = shape[:3]
+    raise ConfigError(
+        f"the pixel cache needs {amount(need)} ({n:,} images x {height}x{width}x3 bytes), "
+        f"{file.parent.parent} has {amount(free)} free; set data.cache_dir=DIR on a disk "
+        "with more room, or data.pipeline=decode (no cache: JPEGs decoded on the device every "
+        "epoch)"
+    )
+
+
+def amount(nbytes: float) -> str:
+    """A disk size for a message: GB, or MB below a tenth of a GB."""
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"
+
+
+def _allocate(fd: int, nbytes: int) -> bool:
+    """False when the disk has no room for `nbytes`; True when they are allocated, or when
+    the system cannot allocate ahead (macOS, some network file systems: the file stays sparse)."""
+    if not hasattr(os, "posix_fallocate"):
+        return True
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as e:
+        return e.errno != errno.ENOSPC
+    return True
 
 
 def _run_jobs(work: Callable, jobs: list, workers: int) -> Iterator:
