@@ -4,6 +4,7 @@ on, and per-image crop/flip draws that depend only on (seed, epoch, row)."""
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import shutil
@@ -61,6 +62,27 @@ def test_the_cache_is_reused_and_rebuilt_when_data_or_resolution_change(images, 
     rebuilt = pixelcache.build(images, PRE, _cfg(tmp_path), workers=1, say=said.append)
     assert rebuilt.folder != first.folder and "decoded" in said[-1]
     assert rebuilt.pixels[0, 10, 10].tolist() == [1, 2, 3]
+
+
+def test_a_new_cache_removes_caches_of_an_older_format_and_nothing_else(images, tmp_path):
+    root = tmp_path / "cache"
+    old_meta = {"images": 2, "size": 37, "bytes": 8214, "format": pixelcache.FORMAT - 1}
+    kept_meta = {**old_meta, "format": pixelcache.FORMAT}
+    folders = {
+        "old": ("0" * 32, old_meta),
+        "current": ("1" * 32, kept_meta),
+        "not-a-key": ("photos", old_meta),
+        "not-ours": ("2" * 32, {"format": 1}),
+    }
+    for name, meta in folders.values():
+        (root / name).mkdir(parents=True)
+        (root / name / "pixels.u8").write_bytes(b"\0" * 8214)
+        (root / name / "meta.json").write_text(json.dumps(meta))
+    said: list[str] = []
+    pixelcache.build(images, PRE, _cfg(tmp_path), workers=1, say=said.append)
+    assert not (root / folders["old"][0]).exists()
+    assert all((root / folders[k][0]).is_dir() for k in ("current", "not-a-key", "not-ours"))
+    assert said[0] == f"pixel cache: removed caches of an older format from {root} (0.0 MB)"
 
 
 def test_parallel_and_serial_builds_store_the_same_pixels(images, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import make_folder
 from trainer.config import DataConfig
 from trainer.data import badfiles as scan_module
-from trainer.data.pipelines import pixelcache
+from trainer.data.pipelines import housekeeping, pixelcache
 from trainer.data.transforms import Preprocessing
 from trainer.data.walk import list_images
 from trainer.train.preemption import StopFlag
@@ -128,10 +128,10 @@ def test_stale_builds_of_dead_processes_are_removed_live_ones_kept(tmp_path):
     for name in names.values():
         (tmp_path / name).mkdir()
         (tmp_path / name / "pixels.u8").write_bytes(b"\0")
-    old = now - pixelcache.STALE_AFTER_S - 60
+    old = now - housekeeping.STALE_AFTER_S - 60
     for p in [tmp_path / names["other-host-old"], *(tmp_path / names["other-host-old"]).iterdir()]:
         os.utime(p, (old, old))
-    removed = pixelcache.remove_stale_builds(tmp_path, now=now)
+    removed = housekeeping.remove_stale_builds(tmp_path, now=now)
     assert sorted(p.name for p in removed) == sorted([names["dead-here"], names["other-host-old"]])
     assert sorted(os.listdir(tmp_path)) == sorted(
         names[k]

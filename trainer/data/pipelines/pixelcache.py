@@ -45,12 +45,12 @@ from torchvision.transforms.v2 import functional as TF
 from trainer import locks, progress
 from trainer.config import ConfigError, DataConfig
 from trainer.data.badfiles import decode_checked, pixel_limit
+from trainer.data.pipelines import housekeeping
 from trainer.data.pipelines.geometry import Window, eval_crop, file_window, store, window
 from trainer.data.transforms import Preprocessing, load_rgb
 from trainer.data.workers import ctrl_c_held, ignore_ctrl_c
 
 FORMAT = 3  # bump when the cache layout or the resize changes (3: whole windows, not squares)
-STALE_AFTER_S = 24 * 3600  # a build folder of another host untouched this long is abandoned
 PROGRESS_FROM = 1000  # show the build's progress from this many images
 
 
@@ -205,7 +205,9 @@ def _build_folder(
 ) -> None:
     """Decode into a temporary folder of this process, then rename it into place."""
     start = time.perf_counter()
-    remove_stale_builds(folder.parent)
+    old = housekeeping.tidy(folder.parent, FORMAT)
+    if old:
+        tell(f"pixel cache: removed caches of an older format from {folder.parent} ({amount(old)})")
     tmp = folder.with_name(f"{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     try:
         _decode_into(tmp, paths, pre, size, limit, workers)
@@ -335,41 +337,3 @@ def _run_jobs(work: Callable, jobs: list, workers: int) -> Iterator:
         pool = mp.get_context("fork").Pool(workers, initializer=ignore_ctrl_c)
     with pool:
         yield from pool.imap_unordered(work, jobs)
-
-
-def remove_stale_builds(root: Path, now: float | None = None) -> list[Path]:
-    """Delete the build folders (KEY.tmp-HOST-PID) of builds that can no longer finish: of this
-    host when that process is gone (killed, out of memory), of any host when nothing in them
-    changed for STALE_AFTER_S (the cache folder may be shared by nodes, whose processes cannot
-    be asked). A live build, here or on another node, is never touched. Returns what went."""
-    now = time.time() if now is None else now
-    removed = []
-    try:
-        candidates = [p for p in root.iterdir() if ".tmp-" in p.name and p.is_dir()]
-    except OSError:
-        return removed
-    for folder in candidates:
-        host, _, pid = folder.name.rsplit(".tmp-", 1)[1].rpartition("-")
-        dead_here = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
-        if dead_here or now - _last_change(folder) > STALE_AFTER_S:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def _last_change(folder: Path) -> float:
-    """Newest mtime of the folder and its files (a build in progress keeps writing pixels.u8)."""
-    try:
-        return max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.iterdir())])
-    except OSError:  # removed meanwhile by its builder
-        return time.time()
