@@ -5,8 +5,8 @@ one for augmentations that run on PIL images (data.auto_augment, data.random_era
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-import datasets
 from torch.utils.data import DataLoader
 
 from trainer.data.layout import DataError
@@ -14,6 +14,9 @@ from trainer.data.loaders import make_loader, make_train_loader
 from trainer.data.pipelines.base import Inputs
 from trainer.data.sampling import EpochBatchSampler
 from trainer.data.transforms import eval_transform, load_rgb, train_transform
+
+if TYPE_CHECKING:
+    import datasets
 
 
 class _ApplyTransform:
@@ -40,6 +43,8 @@ def to_hf_dataset(
 ) -> datasets.Dataset:
     """A `datasets.Dataset` of (image path, ClassLabel, row index) decoded and transformed on the
     fly; the index maps gathered predictions back to files (e.g. for the mistakes gallery)."""
+    import datasets  # here: its import takes seconds, and runs that never call this skip it
+
     features = datasets.Features(
         {
             "image": datasets.Image(decode=False),
