@@ -118,24 +118,36 @@ def test_stale_builds_of_dead_processes_are_removed_live_ones_kept(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     names = {
-        "dead-here": f"k1.tmp-{host}-{dead.pid}",
-        "live-here": f"k2.tmp-{host}-{os.getpid()}",
-        "other-host-recent": "k3.tmp-node-17-4242",
-        "other-host-old": "k4.tmp-node-17-4243",
-        "old-format-recent": "k5.tmp-4244",
-        "a-finished-cache": "k6",
+        "dead-here": f"{'1' * 32}.tmp-{host}-{dead.pid}",
+        "live-here": f"{'2' * 32}.tmp-{host}-{os.getpid()}",
+        "other-host-recent": f"{'3' * 32}.tmp-node-17-4242",
+        "other-host-old": f"{'4' * 32}.tmp-node-17-4243",
+        "old-format-recent": f"{'5' * 32}.tmp-4244",
+        "a-finished-cache": "6" * 32,
+        "users-old": "thesis.tmp-2023",  # not named like a build: never touched
+        "users-dead-here": f"photos.tmp-{host}-{dead.pid}",
     }
     for name in names.values():
         (tmp_path / name).mkdir()
         (tmp_path / name / "pixels.u8").write_bytes(b"\0")
     old = now - housekeeping.STALE_AFTER_S - 60
-    for p in [tmp_path / names["other-host-old"], *(tmp_path / names["other-host-old"]).iterdir()]:
-        os.utime(p, (old, old))
+    for name in (names["other-host-old"], names["users-old"]):
+        for p in [tmp_path / name, *(tmp_path / name).iterdir()]:
+            os.utime(p, (old, old))
     removed = housekeeping.remove_stale_builds(tmp_path, now=now)
-    assert sorted(p.name for p in removed) == sorted([names["dead-here"], names["other-host-old"]])
+    assert sorted(p.name for p, _ in removed) == sorted(
+        [names["dead-here"], names["other-host-old"]]
+    )
     assert sorted(os.listdir(tmp_path)) == sorted(
         names[k]
-        for k in ("live-here", "other-host-recent", "old-format-recent", "a-finished-cache")
+        for k in (
+            "live-here",
+            "other-host-recent",
+            "old-format-recent",
+            "a-finished-cache",
+            "users-old",
+            "users-dead-here",
+        )
     )
 
 

@@ -16,24 +16,25 @@ from pathlib import Path
 
 STALE_AFTER_S = 24 * 3600  # a build folder of another host untouched this long is abandoned
 KEY = re.compile(r"[0-9a-f]{32}")  # pixelcache.cache_key
+# A build's folder: KEY.tmp-HOST-PID (KEY.tmp-PID before hosts were named); nothing else is one
+BUILD = re.compile(r"[0-9a-f]{32}\.tmp-(?:(?P<host>.+)-)?(?P<pid>\d+)")
 CACHE_FIELDS = {"images", "size", "bytes", "format"}  # in the meta.json of every format
 
 
-def tidy(root: Path, current: int) -> int:
-    """Remove what can never be used again under `root`: bytes of old-format caches removed."""
-    remove_stale_builds(root)
-    return sum(nbytes for _, nbytes in remove_old_formats(root, current))
+def tidy(root: Path, current: int) -> list[tuple[Path, int]]:
+    """Remove what can never be used again under `root`: (folder, bytes) of each removed."""
+    return remove_stale_builds(root) + remove_old_formats(root, current)
 
 
 def remove_old_formats(root: Path, current: int) -> list[tuple[Path, int]]:
     """Delete the complete caches under `root` whose meta.json has a format before `current`:
-    (folder, bytes of its pixels) of each."""
+    (folder, bytes) of each."""
     removed = []
     for folder in _children(root):
         meta = _meta(folder)
         if KEY.fullmatch(folder.name) and meta and (folder / "pixels.u8").is_file():
             if isinstance(meta["format"], int) and meta["format"] < current:
-                nbytes = (folder / "pixels.u8").stat().st_size
+                nbytes = _size(folder)
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append((folder, nbytes))
     return removed
@@ -55,20 +56,33 @@ def _children(root: Path) -> list[Path]:
         return []
 
 
-def remove_stale_builds(root: Path, now: float | None = None) -> list[Path]:
+def remove_stale_builds(root: Path, now: float | None = None) -> list[tuple[Path, int]]:
     """Delete the build folders (KEY.tmp-HOST-PID) of builds that can no longer finish: of this
     host when that process is gone (killed, out of memory), of any host when nothing in them
     changed for STALE_AFTER_S (the cache folder may be shared by nodes, whose processes cannot
-    be asked). A live build, here or on another node, is never touched. Returns what went."""
+    be asked). A live build, here or on another node, is never touched, nor a folder not named
+    like a build. Returns (folder, bytes) of what went."""
     now = time.time() if now is None else now
     removed = []
-    for folder in [p for p in _children(root) if ".tmp-" in p.name]:
-        host, _, pid = folder.name.rsplit(".tmp-", 1)[1].rpartition("-")
-        dead_here = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+    for folder in _children(root):
+        build = BUILD.fullmatch(folder.name)
+        if build is None:
+            continue
+        here = build["host"] == socket.gethostname()
+        dead_here = here and not _alive(int(build["pid"]))
         if dead_here or now - _last_change(folder) > STALE_AFTER_S:
+            nbytes = _size(folder)
             shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
+            removed.append((folder, nbytes))
     return removed
+
+
+def _size(folder: Path) -> int:
+    """Bytes the files directly in `folder` take on disk (a cache folder has no sub-folders)."""
+    try:
+        return sum(p.stat().st_blocks * 512 for p in folder.iterdir() if p.is_file())
+    except OSError:
+        return 0
 
 
 def _alive(pid: int) -> bool:

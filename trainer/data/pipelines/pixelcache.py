@@ -205,9 +205,10 @@ def _build_folder(
 ) -> None:
     """Decode into a temporary folder of this process, then rename it into place."""
     start = time.perf_counter()
-    old = housekeeping.tidy(folder.parent, FORMAT)
-    if old:
-        tell(f"pixel cache: removed caches of an older format from {folder.parent} ({amount(old)})")
+    gone = housekeeping.tidy(folder.parent, FORMAT)
+    if gone:
+        freed = amount(sum(nbytes for _, nbytes in gone))
+        tell(f"pixel cache: freed {freed} in {folder.parent}: {len(gone)} unusable cache(s)")
     tmp = folder.with_name(f"{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     try:
         _decode_into(tmp, paths, pre, size, limit, workers)
@@ -312,8 +313,10 @@ def _reserve(file: Path, shape: tuple[int, ...]) -> None:
 
 
 def amount(nbytes: float) -> str:
-    """A disk size for a message: GB, or MB below a tenth of a GB."""
-    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"
+    """A disk size for a message: GB, or MB below a tenth of a GB; 3 digits below 10 units, so
+    a size needed and a size free that differ do not print the same."""
+    value, unit = (nbytes / 1e9, "GB") if nbytes >= 1e8 else (nbytes / 1e6, "MB")
+    return f"{value:.1f} {unit}" if value >= 10 else f"{value:.2f} {unit}"
 
 
 def _allocate(fd: int, nbytes: int) -> bool:
