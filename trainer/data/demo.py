@@ -3,23 +3,60 @@ and crops of the photos both packages ship, as image folders."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from trainer.data.layout import DataError
+
+# Written last into a folder whose data set is whole: its presence means "ours, finished".
+MARKER = ".complete"
+
+
+def _is_finished(folder: Path, what: str) -> bool:
+    """True when FOLDER is already this program's finished output (nothing to write); False when
+    it is new or empty. Anything else is refused, never written into: a user's own files there
+    would be overwritten (same names) or mixed with ours, and which files are ours cannot be told
+    by their names. A half-written folder of an interrupted earlier write is refused too."""
+    if (folder / MARKER).is_file():
+        return True
+    blocker = _non_folder_on_path(folder)
+    if blocker is not None:
+        kind = "a file" if blocker.is_file() else "a broken link"
+        raise DataError(
+            f"{str(blocker)!r} is {kind}, not a folder; write the {what} to a new or empty folder"
+        )
+    if folder.is_dir() and any(folder.iterdir()):
+        raise DataError(
+            f"{str(folder)!r} is not empty and holds no finished {what} (no {MARKER} file); "
+            f"write the {what} to a new or empty folder (if it holds only what an interrupted "
+            f"earlier write left, delete it and run again)"
+        )
+    return False
+
+
+def _non_folder_on_path(folder: Path) -> Path | None:
+    """The first existing path of FOLDER and its parents when it is not a folder (a file, or a
+    broken link), where the folders could not be made; None when that one is a folder."""
+    for path in (folder, *folder.parents):
+        if os.path.lexists(path):
+            return None if path.is_dir() else path
+    return None
 
 
 def write_digits(folder: str | Path, size: int = 32) -> Path:
     """Write the 1,797 8x8 digits as size x size grayscale PNGs in FOLDER/<digit>/<n>.png.
 
     The 8x8 glyph is upscaled to 3/4 of the image and centred on black, like MNIST's margins.
-    Skips the work when the folder is already complete.
+    Skips the work when the folder is already complete; refuses a non-empty folder that is not.
     """
     from sklearn.datasets import load_digits  # a dev/demo dependency, not a runtime one
 
-    folder = Path(folder)
-    marker = folder / ".complete"
-    if marker.is_file():
+    folder = Path(folder).expanduser()
+    marker = folder / MARKER
+    if _is_finished(folder, "digits"):
         return folder
     digits = load_digits()
     inner = size * 3 // 4
@@ -40,12 +77,13 @@ def write_lfw_faces(folder: str | Path, size: int = 32) -> Path:
 
     200 grayscale 25x25 crops from Labeled Faces in the Wild: the first 100 are faces, the last 100
     are other patches of the same photos (skimage.data.lfw_subset). Upscaled to size x size PNGs.
+    Skips the work when the folder is already complete; refuses a non-empty folder that is not.
     """
     from skimage.data import lfw_subset  # a dev dependency, for the accuracy table
 
-    folder = Path(folder)
-    marker = folder / ".complete"
-    if marker.is_file():
+    folder = Path(folder).expanduser()
+    marker = folder / MARKER
+    if _is_finished(folder, "faces"):
         return folder
     images = lfw_subset()
     for i, pixels in enumerate(images):
@@ -80,10 +118,11 @@ def write_photo_crops(folder: str | Path, per_class: int = 100, short_side: int 
 
     Non-square on purpose: a pipeline that trains on the center square only never sees the rest.
     Crops of one photo overlap, so a test crop can share pixels with training crops (it is a
-    benchmark of input pipelines and recipes, not of generalization to new photos)."""
-    folder = Path(folder)
-    marker = folder / ".complete"
-    if marker.is_file():
+    benchmark of input pipelines and recipes, not of generalization to new photos).
+    Skips the work when the folder is already complete; refuses a non-empty folder that is not."""
+    folder = Path(folder).expanduser()
+    marker = folder / MARKER
+    if _is_finished(folder, "photo crops"):
         return folder
     rng = np.random.default_rng(0)
     for name, photo in _photos().items():
