@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import make_folder, make_pre_split, run_cli
 from trainer.config import DataConfig
 from trainer.data.layout import DataError, find_image_root
-from trainer.data.splits import labelled_items, scan
+from trainer.data.splits import labelled_items, list_images, scan
 
 
 def scan_of(root: Path, layout: str = "auto", **kw):
@@ -252,3 +252,21 @@ def test_an_unfinished_run_saved_before_data_layout_existed_continues(tmp_path):
     classes.data.layout = "classes"
     with pytest.raises(ConfigError, match="data.layout: 'auto' -> 'classes'"):
         _check_same_settings(classes, checkpoint)
+
+
+@pytest.mark.parametrize("layout", ["empty", "text files only", "one class folder as the root"])
+def test_a_root_without_two_classes_of_images_is_refused_when_listed(tmp_path, layout):
+    # Said while listing, before any decode: the cached pipeline once built a cache of no
+    # images and then failed with a traceback (cannot mmap an empty file)
+    root = tmp_path / "data"
+    if layout == "empty":
+        root.mkdir()
+    elif layout == "text files only":
+        for name in ("a", "b"):
+            (root / name).mkdir(parents=True)
+            (root / name / "notes.txt").write_text("x")
+    else:
+        make_folder(tmp_path / "folder", ["cat", "dog"], per_class=3)
+        root = tmp_path / "folder" / "cat"
+    with pytest.raises(DataError, match="needs at least 2 class sub-folders with images, found 0"):
+        list_images(DataConfig(root=str(root)))
