@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.config.ranges import SEED
 from trainer.data.demo import write_digits, write_lfw_faces, write_photo_crops
 
 # Switches on top of a recipe. Mirror flips stay off: a mirrored digit is another glyph.
@@ -252,18 +253,40 @@ def print_differences(rows: list[dict], base: str, other: str) -> None:
         )
 
 
-def main() -> None:
+def seed(text: str) -> int:
+    """A --seeds value, in train.seed's range: checked here, since train.seed rejected a bad one
+    only in the first run, after a data set was written."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value not in SEED:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {SEED.describe(integer=True)}")
+    return value
+
+
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--seeds",
+        type=seed,
+        nargs="+",
+        default=[0, 1, 2],
+        help="train.seed of each run (default: 0 1 2)",
+    )
     parser.add_argument("--only", help="run only the data sets whose name contains this text")
     parser.add_argument(
         "--variant",
         action="append",
         help="run only the variants whose name contains this text (repeatable)",
     )
-    parser.add_argument("--out", default="runs/accuracy")
+    parser.add_argument(
+        "--out",
+        default="runs/accuracy",
+        help="folder for the data sets and runs, made if missing (default: runs/accuracy)",
+    )
     parser.add_argument(
         "--reuse",
         action="store_true",
@@ -280,16 +303,45 @@ def main() -> None:
         action="store_true",
         help="only each recipe with data.pipeline=pil and data.pipeline=cached, and the difference",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Callable]:
+    """The variants to run; a mistake in the arguments ends here (exit 2), before anything is
+    written: otherwise it showed up after the data sets were written, or as an empty table."""
     if args.only and not any(args.only in d.name for d in DATASETS):
-        parser.exit(2, f"--only {args.only!r}: no data set's name contains it\n")
-    if args.variant and not any(v in name for v in args.variant for name in VARIANTS):
-        parser.exit(2, f"--variant {args.variant}: no variant's name contains any of them\n")
+        parser.error(f"--only {args.only!r}: no data set's name contains it")
+    variants = PIPELINES if args.pipelines else VARIANTS
+    if args.variant and args.decisions:
+        # --decisions trains the recipe only; a --variant there would be silently ignored
+        parser.error("--variant does not apply to --decisions (it trains the recipe only); drop it")
+    if args.variant and not any(v in name for v in args.variant for name in variants):
+        # Checked against the variants this mode runs, not all of them: a scratch-only filter
+        # with --pipelines matched VARIANTS and went on to an empty table
+        parser.error(
+            f"--variant {args.variant}: matches none of the variants being run "
+            f"({'; '.join(variants)})"
+        )
+    out = Path(args.out)
+    # The nearest folder that exists must be a writable directory: a file on the way failed
+    # with NotADirectoryError only once the first data set was written
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        parser.error(f"--out {args.out}: {existing} is a file, not a folder; give another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        parser.error(f"--out {args.out}: {existing} is not writable; give another --out")
+    return variants
+
+
+def main() -> None:
+    parser = make_parser()
+    args = parser.parse_args()
+    variants = check(parser, args)
     out = Path(args.out)
     if args.decisions:
         decisions(args, out)
     else:
-        rows = measure(args, out, PIPELINES if args.pipelines else VARIANTS)
+        rows = measure(args, out, variants)
         print_table(rows)
         print_differences(rows, *PIPELINES)
         if not args.pipelines:
