@@ -69,6 +69,20 @@ def test_data_root_inside_output_dir_is_refused(tmp_path):
         rundir.check_placement(str(tmp_path), str(tmp_path / "run" / "images"))
 
 
+def test_a_pixel_cache_inside_output_dir_or_data_root_is_refused(tmp_path):
+    # Found by a tester: data.cache_dir=output_dir built a cache there, then refused its own run
+    out, root = tmp_path / "runs" / "a", tmp_path / "images"
+    for cache, inside in (
+        (out, "output_dir"),
+        (out / "c", "output_dir"),
+        (root / "c", "data.root"),
+    ):
+        with pytest.raises(ConfigError, match=f"data.cache_dir: .* is inside {inside} "):
+            rundir.check_cache_placement(cache, "data.cache_dir", str(out), str(root))
+    for fine in (tmp_path / "cache", tmp_path, root / ".cache" / "pixels"):  # hidden: never read
+        rundir.check_cache_placement(fine, "data.cache_dir", str(out), str(root))
+
+
 # --------------------------------------------------------------------------- what a folder is
 
 

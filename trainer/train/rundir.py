@@ -110,6 +110,26 @@ def check_placement(output_dir: str, data_root: str) -> None:
         )
 
 
+def check_cache_placement(cache: Path, name: str, output_dir: str, data_root: str) -> None:
+    """Refuse a pixel cache folder (`name`: how the user set it) inside output_dir, which
+    overwrite=true replaces and which then holds files the run did not record, or inside
+    data.root, where its files would be read as a class of images."""
+    where = _resolved(cache)
+    for key, folder, why in (
+        ("output_dir", output_dir, "the cache must outlive the run folder"),
+        ("data.root", data_root, "its files would be read as images"),
+    ):
+        inside = _resolved(folder) if folder else None
+        if inside is None or not (where == inside or inside in where.parents):
+            continue
+        hidden = any(part.startswith(".") for part in where.relative_to(inside).parts)
+        if key == "output_dir" or not hidden:  # hidden folders are never read as classes
+            raise ConfigError(
+                f"{name}: {str(where)!r} is inside {key} {str(inside)!r}; {why}: pick a "
+                f"data.cache_dir outside {key}"
+            )
+
+
 @dataclass
 class Contents:
     """What an output_dir holds: kind is new (missing or empty), run, old-run or foreign."""

@@ -138,6 +138,10 @@ def _inputs(
     """The data's index and the model with its initial weights, checked before output_dir is
     touched: a typo in data.root or model.name must not cost the run that output_dir holds."""
     rundir.check_placement(cfg.output_dir, cfg.data.root)
+    cache_name = "data.cache_dir" if cfg.data.cache_dir else "the pixel cache ($TRAINER_CACHE_DIR)"
+    rundir.check_cache_placement(
+        pixelcache.cache_root(cfg.data), cache_name, cfg.output_dir, cfg.data.root
+    )
     set_seed(cfg.train.seed)  # the same initial weights on every rank
     if cfg.data.max_image_pixels:  # what the scan let through, the loader must open
         PIL.Image.MAX_IMAGE_PIXELS = cfg.data.max_image_pixels
