@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from trainer.config import ConfigError, load_config
-from trainer.train import lock, rundir
+from trainer.train import lock, placement, rundir
 from trainer.train.resume import _choose, _describe_changes
 
 
@@ -52,8 +52,8 @@ def test_output_dir_inside_or_equal_to_data_root_is_refused(tmp_path):
     root.mkdir()
     for out in (root, root / "runs" / "a"):
         with pytest.raises(ConfigError, match="output_dir: .* is inside data.root"):
-            rundir.check_placement(str(out), str(root))
-    rundir.check_placement(str(tmp_path / "runs" / "a"), str(root))
+            placement.check_placement(str(out), str(root))
+    placement.check_placement(str(tmp_path / "runs" / "a"), str(root))
 
 
 def test_output_dir_reached_through_a_symlink_into_data_root_is_refused(tmp_path):
@@ -61,12 +61,12 @@ def test_output_dir_reached_through_a_symlink_into_data_root_is_refused(tmp_path
     root.mkdir()
     (tmp_path / "link").symlink_to(root)
     with pytest.raises(ConfigError, match="inside data.root"):
-        rundir.check_placement(str(tmp_path / "link" / "run"), str(root))
+        placement.check_placement(str(tmp_path / "link" / "run"), str(root))
 
 
 def test_data_root_inside_output_dir_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="data.root: .* is inside output_dir"):
-        rundir.check_placement(str(tmp_path), str(tmp_path / "run" / "images"))
+        placement.check_placement(str(tmp_path), str(tmp_path / "run" / "images"))
 
 
 def test_a_pixel_cache_inside_output_dir_or_data_root_is_refused(tmp_path):
@@ -78,9 +78,9 @@ def test_a_pixel_cache_inside_output_dir_or_data_root_is_refused(tmp_path):
         (root / "c", "data.root"),
     ):
         with pytest.raises(ConfigError, match=f"data.cache_dir: .* is inside {inside} "):
-            rundir.check_cache_placement(cache, "data.cache_dir", str(out), str(root))
+            placement.check_cache_placement(cache, "data.cache_dir", str(out), str(root))
     for fine in (tmp_path / "cache", tmp_path, root / ".cache" / "pixels"):  # hidden: never read
-        rundir.check_cache_placement(fine, "data.cache_dir", str(out), str(root))
+        placement.check_cache_placement(fine, "data.cache_dir", str(out), str(root))
 
 
 # --------------------------------------------------------------------------- what a folder is

@@ -28,7 +28,7 @@ from trainer.data.splits import DataIndex
 from trainer.data.transforms import Preprocessing
 from trainer.model.backbones import build_backbone
 from trainer.model.classifier import Classifier, build_head
-from trainer.train import distributed, losses, rundir, settings, state
+from trainer.train import distributed, losses, placement, rundir, settings, state
 from trainer.train.checkpointer import Checkpointer
 from trainer.train.ema import ModelEMA, NoEMA, make_ema
 from trainer.train.preemption import StopFlag
@@ -137,9 +137,9 @@ def _inputs(
 ) -> tuple[DataIndex, torch.nn.Module, Preprocessing, Prepared]:
     """The data's index and the model with its initial weights, checked before output_dir is
     touched: a typo in data.root or model.name must not cost the run that output_dir holds."""
-    rundir.check_placement(cfg.output_dir, cfg.data.root)
+    placement.check_placement(cfg.output_dir, cfg.data.root)
     cache_name = "data.cache_dir" if cfg.data.cache_dir else "the pixel cache ($TRAINER_CACHE_DIR)"
-    rundir.check_cache_placement(
+    placement.check_cache_placement(
         pixelcache.cache_root(cfg.data), cache_name, cfg.output_dir, cfg.data.root
     )
     set_seed(cfg.train.seed)  # the same initial weights on every rank
