@@ -150,6 +150,8 @@ def test_auto_chooses_pil_for_policies_and_cached_otherwise(tmp_path):
     assert mode == "decode" and "decoded on the device" in why
     with pytest.raises(ValueError, match="random_erasing"):
         choose.choose(_cfg(tmp_path, pipeline="cached", random_erasing=0.2), 10, 37)
+    with pytest.raises(ValueError, match="data.pipeline=decode: data.auto_augment=trivial"):
+        choose.choose(_cfg(tmp_path, pipeline="decode", auto_augment="trivial"), 10, 37)
 
 
 def test_a_cache_too_big_for_its_disk_says_how_big_and_the_two_ways_out(tmp_path, monkeypatch):

@@ -33,8 +33,8 @@ def choose(
         needs_pil.append("data.random_erasing")
     if needs_pil:
         why = f"{', '.join(needs_pil)} runs on PIL images"
-        if cfg.pipeline == "cached":
-            raise ConfigError(f"data.pipeline=cached: {why}; use data.pipeline=pil or auto")
+        if cfg.pipeline != "auto":  # cached or decode, asked for by name: never overridden
+            raise ConfigError(f"data.pipeline={cfg.pipeline}: {why}; use data.pipeline=pil or auto")
         return "pil", f"PIL pipeline: {why}"
     if cfg.pipeline == "decode":
         return "decode", "decode pipeline: JPEG batches decoded on the device, augmented in batches"
