@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from trainer.config import ConfigError, DataConfig
+from trainer.data.layout import DataError
 from trainer.data.pipelines import choose, decode, device, pil, pixelcache
 from trainer.data.pipelines.cached import CachedEvalView, CachedTrainView
 from trainer.data.pipelines.geometry import crop_box
@@ -302,3 +303,11 @@ def test_a_portrait_window_is_cropped_like_the_same_image_landscape(tmp_path):
     batch["flips"] = torch.tensor([[False, False], [False, False]])
     out = device.DeviceTransform(PRE, torch.device("cpu"))(batch)["pixel_values"]
     torch.testing.assert_close(out[1], out[0].transpose(1, 2), atol=1e-5, rtol=0)
+
+
+def test_a_file_that_does_not_decode_in_the_decode_pipeline_names_itself_and_the_fix(tmp_path):
+    # data.check_images=false lets such files in; Pillow's own error gave no fix
+    path = tmp_path / "html.jpg"
+    path.write_text("<html>not an image</html>")
+    with pytest.raises(DataError, match=r"html\.jpg: unreadable image \(.*\); remove or fix it"):
+        decode.EncodedFiles([str(path)], PRE).read(0)

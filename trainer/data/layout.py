@@ -45,6 +45,17 @@ class DataError(ValueError):
     """The image folder cannot be used as given; the message says which path and why."""
 
 
+# What Pillow raises for a file that does not decode
+UNREADABLE = (OSError, ValueError, SyntaxError)
+
+
+def unreadable_image(path: str, error: BaseException) -> DataError:
+    """A file that failed to decode while training (data.check_images=false lets them in)."""
+    return DataError(
+        f"{path}: unreadable image ({type(error).__name__}: {error}); remove or fix it"
+    )
+
+
 def image_root_and_splits(
     folder: str | Path, layout: str, notes: list[str], need_train: bool = True
 ) -> tuple[Path, dict[str, Path] | None]:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from trainer.data.layout import UNREADABLE, unreadable_image
 from trainer.data.loaders import make_loader, make_train_loader
 from trainer.data.pipelines.base import Inputs
 from trainer.data.pipelines.cached import CachedTrainView
@@ -43,7 +44,10 @@ class EncodedFiles:
             head = f.read()
         if head[:3] == b"\xff\xd8\xff":  # JPEG
             return torch.frombuffer(bytearray(head), dtype=torch.uint8), None
-        pixels, win = decode(path, self.pre, self.size)
+        try:
+            pixels, win = decode(path, self.pre, self.size)
+        except UNREADABLE as e:
+            raise unreadable_image(path, e) from None
         return torch.from_numpy(pixels), win
 
     def gather(self, rows: list[int], crop: int | None) -> dict:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from torch.utils.data import DataLoader
 
-from trainer.data.layout import DataError
+from trainer.data.layout import UNREADABLE, unreadable_image
 from trainer.data.loaders import make_loader, make_train_loader
 from trainer.data.pipelines.base import Inputs
 from trainer.data.sampling import EpochBatchSampler
@@ -28,10 +28,8 @@ class _ApplyTransform:
     def _load(self, path: str):
         try:
             return self.transform(load_rgb(path))
-        except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises for broken files
-            raise DataError(
-                f"{path}: unreadable image ({type(e).__name__}: {e}); remove or fix it"
-            ) from None
+        except UNREADABLE as e:
+            raise unreadable_image(path, e) from None
 
     def __call__(self, batch: dict) -> dict:
         pixels = [self._load(image["path"]) for image in batch["image"]]
