@@ -311,3 +311,20 @@ def test_a_file_that_does_not_decode_in_the_decode_pipeline_names_itself_and_the
     path.write_text("<html>not an image</html>")
     with pytest.raises(DataError, match=r"html\.jpg: unreadable image \(.*\); remove or fix it"):
         decode.EncodedFiles([str(path)], PRE).read(0)
+
+
+def test_a_cache_folder_that_is_a_file_or_read_only_names_data_cache_dir(tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("the user's")
+    for where in ("afile", "afile/sub"):
+        with pytest.raises(
+            ConfigError, match=rf"folder '.*{where}' cannot be used .*data.cache_dir"
+        ):
+            choose.choose(DataConfig(cache_dir=str(tmp_path / where)), 10, 37)
+    assert (tmp_path / "afile").read_text() == "the user's"
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(ConfigError, match="cannot be used \\(read-only file system\\)"):
+        pixelcache.build([str(tmp_path / "afile")], PRE, _cfg(tmp_path), workers=1)

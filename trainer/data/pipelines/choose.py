@@ -14,7 +14,7 @@ from trainer.data.pipelines.base import Inputs, Pipeline
 from trainer.data.pipelines.cached import CachedPipeline
 from trainer.data.pipelines.decode import DecodePipeline
 from trainer.data.pipelines.pil import PilPipeline
-from trainer.data.pipelines.pixelcache import PixelCache, amount, cache_root
+from trainer.data.pipelines.pixelcache import PixelCache, amount, cache_root, unusable_folder
 
 
 def choose(
@@ -39,7 +39,10 @@ def choose(
     if cfg.pipeline == "decode":
         return "decode", "decode pipeline: JPEG batches decoded on the device, augmented in batches"
     root = cache_root(cfg)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise unusable_folder(root, e) from None
     # uint8 RGB at the eval resize: S x S for square images, up to S x 1.5S for others (windows)
     need = n_images * size * size * 3
     free = shutil.disk_usage(root).free

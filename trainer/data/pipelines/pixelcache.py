@@ -61,6 +61,15 @@ def cache_root(cfg: DataConfig) -> Path:
     return Path(base) / "pixels"
 
 
+def unusable_folder(root: Path, error: OSError) -> ConfigError:
+    """The error for a cache folder that cannot be made or written (a file, read-only)."""
+    why = "it is a file" if root.is_file() else (error.strerror or str(error)).lower()
+    return ConfigError(
+        f"the pixel cache folder {str(root)!r} cannot be used ({why}); set data.cache_dir to a "
+        "writable folder, or data.pipeline=decode (no cache)"
+    )
+
+
 def cache_key(paths: Sequence[str], size: int, interpolation: str, limit: int | None) -> str:
     h = hashlib.sha256(f"{FORMAT}|{size}|{interpolation}|{limit}".encode())
     for path in paths:
@@ -262,7 +271,10 @@ def _decode_into(
     (which marks it done)."""
     n = len(paths)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise unusable_folder(tmp.parent, e) from None
     chunk = max(1, min(256, math.ceil(n / max(1, workers) / 4)))
     parallel = workers if n > chunk else 1
     heads = [(paths[i : i + chunk], pre, size) for i in range(0, n, chunk)]
