@@ -239,3 +239,9 @@ def test_mixed_precision_no_given_bare_is_the_choice_no_not_false(tmp_path):
     assert load_config(str(path)).train.mixed_precision == "no"
     with pytest.raises(ConfigError, match="mixed_precision"):
         load_config(None, ["train.mixed_precision=yes"])
+
+
+def test_a_word_yaml_reads_as_a_boolean_for_a_text_key_says_how_to_quote_it():
+    with pytest.raises(ConfigError, match=r"data.root: expected a string, got False: .*quote"):
+        load_config(None, ["data.root=off"])
+    assert load_config(None, ['data.root="off"']).data.root == "off"

@@ -25,7 +25,10 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "train",
         help="train on an image folder; writes a run folder with the model",
-        description="Train on DATA (class sub-folders, or train/ val/ test/ splits of them).",
+        description=(
+            "Train on the images in data.root=DIR (class sub-folders, or train/ val/ test/ "
+            "splits of them)."
+        ),
         epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

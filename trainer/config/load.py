@@ -95,6 +95,11 @@ def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, bool) or value is None:  # a word YAML took for something else
+            raise ConfigError(
+                f"{key}: expected a string, got {value!r}: YAML reads on, off, yes, no, true and "
+                f"false as booleans, ~ and null as nothing; quote the text, e.g. {key}='\"off\"'"
+            )
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     raise AssertionError(f"unsupported config annotation {tp!r} at {key}")
 
