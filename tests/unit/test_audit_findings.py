@@ -18,6 +18,8 @@ from trainer.audit import galleries, labels, outliers
 # 5% of the 1,797 digits moved to another class.
 PLANTED = 90
 
+DIGITS = [f"digit {i}" for i in range(10)]  # class names
+
 
 @pytest.fixture(scope="module")
 def digits():
@@ -74,15 +76,16 @@ def test_planted_far_points_are_outliers(digits):
     """Measured: the 10 planted noise vectors (pixels drawn uniformly: no digit) score 7.7 to 12
     (robust z), first; clean digits: 1 of 1,797 above the threshold of 6 (score 6.8)."""
     x, y = digits
-    assert len(outliers.embedding_outliers(x, y, 10)) <= 5
+    assert len(outliers.embedding_outliers(x, y, DIGITS)) <= 5
     rng = np.random.default_rng(0)
     noise = rng.uniform(0, 1, size=(10, 64)).astype(np.float32)
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-    found = outliers.embedding_outliers(np.vstack([x, noise]), np.concatenate([y, y[:10]]), 10)
+    found = outliers.embedding_outliers(np.vstack([x, noise]), np.concatenate([y, y[:10]]), DIGITS)
     assert {r["row"] for r in found[:10]} == set(range(len(x), len(x) + 10))
     assert all(
         r["score"] > outliers.OUTLIER_Z and "far from every class" in r["reason"] for r in found
     )
+    assert all("nearest: class 'digit " in r["reason"] for r in found)  # a name, not an index
 
 
 @pytest.fixture(scope="module")

@@ -74,12 +74,11 @@ def _knn_distance(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def embedding_outliers(
-    emb: np.ndarray, labels: np.ndarray, n_classes: int, seed: int = 0
+    emb: np.ndarray, labels: np.ndarray, class_names: Sequence[str], seed: int = 0
 ) -> list[dict]:
     """Images far from every class, i.e. from every other image: {"row", "score", "reason"},
     farthest first. score: robust z-score (above OUTLIER_Z) of the mean cosine distance to the
-    K_NEAREST nearest images; the reason names the nearest image's class (an index below
-    n_classes). Far from all, not from its own class: a mislabelled image is close to another
+    K_NEAREST nearest images; the reason names the nearest image's class. Far from all, not from its own class: a mislabelled image is close to another
     class, and that is the label check's finding."""
     x = np.asarray(emb, dtype=np.float32)
     y = np.asarray(labels, dtype=np.int64)
@@ -97,7 +96,7 @@ def embedding_outliers(
             "score": round(float(z[r]), 2),
             "reason": (
                 f"far from every class: cosine distance {dist[r]:.2f} to the {K_NEAREST} nearest "
-                f"images (typical {median:.2f}; nearest: class {y[nearest[r]]})"
+                f"images (typical {median:.2f}; nearest: class {class_names[y[nearest[r]]]!r})"
             ),
         }
         for r in rows

@@ -84,7 +84,7 @@ def analyse(rows: Rows, emb: np.ndarray, opts: AuditOptions, accelerator) -> dic
         "groups": duplicates.groups_of(pairs, len(rows.paths)),
         "leakage": duplicates.leakage(pairs, rows.splits),
         "suspects": labels.suspects(emb, rows.labels, n_classes, folds=opts.folds),
-        "outliers": outliers.embedding_outliers(emb, rows.labels, n_classes)
+        "outliers": outliers.embedding_outliers(emb, rows.labels, rows.class_names)
         + outliers.odd_images(stats),
         "balance": outliers.class_balance(by_split, rows.class_names),
     }
