@@ -78,8 +78,9 @@ def embedding_outliers(
 ) -> list[dict]:
     """Images far from every class, i.e. from every other image: {"row", "score", "reason"},
     farthest first. score: robust z-score (above OUTLIER_Z) of the mean cosine distance to the
-    K_NEAREST nearest images; the reason names the nearest image's class. Far from all, not from its own class: a mislabelled image is close to another
-    class, and that is the label check's finding."""
+    K_NEAREST nearest images; the reason names the nearest image's class. Far from all, not from
+    its own class: a mislabelled image is close to another class, and that is the label check's
+    finding."""
     x = np.asarray(emb, dtype=np.float32)
     y = np.asarray(labels, dtype=np.int64)
     if len(x) < K_NEAREST + 2:

@@ -102,8 +102,8 @@ def list_images(cfg: DataConfig) -> Listing:
         trees = {"all": class_folders(root, walk)}
         note_loose_images(root, notes)
     # Fewer than 2 classes with images is said now, before a pixel cache of nothing is built
-    trained = ("train", split_dirs["train"]) if split_dirs is not None else ("all", root)
-    _usable_classes(trees[trained[0]], trained[1], [])
+    split, where = ("train", split_dirs["train"]) if split_dirs is not None else ("all", root)
+    _usable_classes(trees[split], where, [])
     return Listing(root, split_dirs, trees, walk, notes)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 STALE_AFTER_S = 24 * 3600  # a build folder of another host untouched this long is abandoned
 KEY = re.compile(r"[0-9a-f]{32}")  # pixelcache.cache_key
 # A build's folder: KEY.tmp-HOST-PID (KEY.tmp-PID before hosts were named); nothing else is one
-BUILD = re.compile(r"[0-9a-f]{32}\.tmp-(?:(?P<host>.+)-)?(?P<pid>\d+)")
+BUILD = re.compile(KEY.pattern + r"\.tmp-(?:(?P<host>.+)-)?(?P<pid>\d+)")
 CACHE_FIELDS = {"images", "size", "bytes", "format"}  # in the meta.json of every format
 
 
