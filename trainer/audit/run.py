@@ -9,6 +9,7 @@ audit.json, audit.md, the CSVs and the galleries, and the duplicate groups for t
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,10 @@ def summarize(index, rows: Rows, found: dict, opts: AuditOptions, source: str) -
         "images": index.counts(),
         "classes": rows.class_names,
         "bad_files": len(index.bad_files),
+        "skipped_files": [  # left out by the scan, as training leaves them out
+            {"path": os.path.relpath(p, index.root), "reason": reason}
+            for p, reason in index.bad_files
+        ],
         "duplicates": {
             "threshold": opts.threshold,
             "exact_groups": len(found["exact"]),

@@ -7,6 +7,7 @@ sharded); only the main process writes and prints.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from trainer.cli.args import BATCH, WORKERS, add_layout_arg, count, is_main, layout_as_flag
@@ -76,5 +77,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     with layout_as_flag():
         summary = run_audit(opts)
     if summary is not None and is_main():
+        for bad in summary["skipped_files"]:  # as eval and predict name them
+            print(f"skipped unreadable image {bad['path']}: {bad['reason']}", file=sys.stderr)
         print("\n".join(summary_lines(summary, out)))
     return 0

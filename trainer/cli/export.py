@@ -52,6 +52,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"trainer export: error: {e}", file=sys.stderr)
         return 1
     parity = result["parity"]
+    for bad in parity["skipped"]:  # as eval and predict name them
+        print(f"skipped unreadable image {bad['path']}: {bad['reason']}", file=sys.stderr)
     what = "probability" if result.get("with_preprocessing") else "logit"
     print(
         f"{result['format']} model -> {Path(out) / result['file']}\n"

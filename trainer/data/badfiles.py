@@ -1,9 +1,11 @@
 """Find the image files that would break a run, by decoding every one of them once.
 
 A file is bad when it is empty, truncated, not an image at all (an HTML error page saved as
-.jpg), or has more pixels than the limit (a decompression bomb, or a 300-megapixel scan that
-would exhaust a DataLoader worker's memory). Each file is fully decoded the way training reads
-it (`load_rgb`), so a file that passes here also loads in training.
+.jpg), has more pixels than the limit (a decompression bomb, or a 300-megapixel scan that
+would exhaust a DataLoader worker's memory), or is a line, not a picture (a side over
+MAX_SIDE_RATIO times the other: its resize to the model's input would take gigabytes). Each
+file is fully decoded the way training reads it (`load_rgb`), so a file that passes here also
+loads in training.
 
 `check_files` decodes in parallel and caches its verdicts in a small JSON file per image root,
 keyed by path, size, mtime and the pixel limit: a second scan of the same folder only decodes
@@ -37,8 +39,14 @@ from trainer import locks, progress
 from trainer.data.transforms import load_rgb
 from trainer.data.workers import ctrl_c_held, ignore_ctrl_c
 
-CACHE_VERSION = 2  # 2: columns (paths, sizes, mtimes, limits, bad), parsed ~3x faster at 10^6
+# 2: columns (paths, sizes, mtimes, limits, bad), parsed ~3x faster at 10^6; 3: lines are bad
+CACHE_VERSION = 3
 CHUNK = 64  # files per pool task: amortizes inter-process traffic, still balances the load
+# A side over this many times the other is a line, not a picture (a separator, a spacer GIF).
+# Every pipeline resizes the shorter side to S first, to MAX_SIDE_RATIO x S^2 pixels at most:
+# a 1 x 5000 PNG of a few KB, under any pixel limit, took 3.1 GB and 10 s in the pixel cache's
+# decode at S = 256 (1.3 GB in the PIL eval transform). Audit flags 4:1 already as odd.
+MAX_SIDE_RATIO = 100
 SERIAL_BELOW = 2 * CHUNK  # fewer files to decode than this: in this process, no pool start-up
 PROGRESS_FROM = 1000  # show a progress bar from this many files to decode
 
@@ -93,6 +101,11 @@ def _decode(path: str | os.PathLike, limit: int | None) -> tuple[Image.Image | N
             return None, (
                 f"{width} x {height} = {width * height:,} pixels is over the limit of "
                 f"{limit:,} (data.max_image_pixels)"
+            )
+        if max(width, height) > MAX_SIDE_RATIO * min(width, height):
+            return None, (
+                f"{width} x {height}: a side over {MAX_SIDE_RATIO}x the other "
+                "(a line, not a picture)"
             )
         with _pillow_settings(max_pixels=limit):
             img.load()  # every pixel: a truncated file fails here

@@ -45,10 +45,6 @@ class DataError(ValueError):
     """The image folder cannot be used as given; the message says which path and why."""
 
 
-# What Pillow raises for a file that does not decode
-UNREADABLE = (OSError, ValueError, SyntaxError)
-
-
 def unreadable_image(path: str, error: BaseException) -> DataError:
     """A file that failed to decode while training (data.check_images=false lets them in)."""
     return DataError(

@@ -19,6 +19,11 @@ from trainer.config import DataConfig
 # (89 Mpx); allow up to ~4x that, still refusing absurd sizes that would exhaust memory.
 Image.MAX_IMAGE_PIXELS = 360_000_000
 
+# What opening and decoding a file that is no good image raises: OSError (not an image, truncated,
+# missing, no permission), ValueError and SyntaxError (broken headers), and, over twice the pixel
+# limit, DecompressionBombError, which is no OSError.
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
 
 @dataclass(frozen=True)
 class Preprocessing:

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainer import runtime
 from trainer.data import loaders, walk
-from trainer.data.badfiles import check_file
-from trainer.data.transforms import Preprocessing, eval_transform, load_rgb
+from trainer.data.badfiles import decode_checked
+from trainer.data.transforms import Preprocessing, eval_transform
 from trainer.evaluation import calibration
 from trainer.evaluation.evaluate import forward_gather
 from trainer.evaluation.tta import Views, model_views, views_transform
@@ -49,13 +49,13 @@ class _PathDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        try:
-            pixels, ok, error = self.transform(load_rgb(self.paths[i])), 1, ""
-        except Exception as e:  # any decode failure: report the file, keep going
-            # the reason in `trainer scan`'s words ("empty file (0 bytes)"), as eval gives it
-            reason = check_file(self.paths[i]) or f"{type(e).__name__}: {e}"
-            pixels, ok, error = torch.zeros(self.shape), 0, reason
-        return {"pixel_values": pixels, "index": i, "ok": ok, "error": error}
+        # Decoded as the bad-file check decodes: a file over the pixel limit is refused from its
+        # header (load_rgb alone decodes a 20000 x 20000 PNG header whole: 1.9 GB), and a broken
+        # one gets the reason in `trainer scan`'s words ("empty file (0 bytes)"), as eval gives it.
+        rgb, reason = decode_checked(self.paths[i])
+        if rgb is None:  # report the file, keep going
+            return {"pixel_values": torch.zeros(self.shape), "index": i, "ok": 0, "error": reason}
+        return {"pixel_values": self.transform(rgb), "index": i, "ok": 1, "error": ""}
 
 
 def expand_paths(paths: list[str]) -> list[str]:

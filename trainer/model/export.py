@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import PIL
 import torch
+from PIL import Image
 
 from trainer.data import walk
-from trainer.data.transforms import Preprocessing, eval_transform, load_rgb
+from trainer.data.badfiles import decode_checked
+from trainer.data.transforms import Preprocessing, eval_transform
 from trainer.errors import writing
 from trainer.files import check_replaceable, current_umask, write_text_atomic
 from trainer.model.export_preprocessing import (
@@ -46,40 +48,63 @@ class ParityError(ExportError):
     """The export was written but its logits differ from PyTorch's (a failure: exit 1)."""
 
 
-def image_files(image_paths: list[str]) -> list[str]:
-    """The files of --images: files as given, folders expanded to the images below them."""
+def image_files(image_paths: list[str]) -> list[tuple[str, bool]]:
+    """The files of --images, each with whether a folder held it: files as given, folders
+    expanded to the images below them."""
     files = []
     for p in image_paths:
-        found = walk.list_images(Path(p)) if Path(p).is_dir() else [p]
+        if not Path(p).is_dir():
+            files.append((p, False))
+            continue
+        found = walk.list_images(Path(p))
         if not found:
             raise ExportError(f"--images {p}: no images in this folder")
-        files.extend(found)
+        files.extend((f, True) for f in found)
     return files
 
 
+def readable_images(
+    image_paths: list[str], n: int, skipped: list[tuple[str, str]]
+) -> list[Image.Image]:
+    """The first `n` images of --images that decode, as RGB. Decoded as the bad-file check
+    decodes (a file over the pixel limit is refused from its header, not decoded: GBs for a
+    PNG header of 20000 x 20000). A folder's file that does not decode is skipped, added to
+    `skipped` as (path, reason), as predict skips it; a file given by name, or no image that
+    decodes, is an ExportError."""
+    images: list[Image.Image] = []
+    for path, in_folder in image_files(image_paths):
+        if len(images) == n:
+            break
+        rgb, reason = decode_checked(path)
+        if rgb is not None:
+            images.append(rgb)
+        elif in_folder:
+            skipped.append((path, str(reason)))
+        else:
+            raise ExportError(
+                f"--images {path}: not a readable image ({reason}); "
+                "give image files or folders of them"
+            )
+    if image_paths and not images:
+        shown = "; ".join(f"{p}: {reason}" for p, reason in skipped[:3])
+        more = " ..." if len(skipped) > 3 else ""
+        raise ExportError(f"--images: none of the images can be read ({shown}{more})")
+    return images
+
+
 def parity_inputs(
-    pre: Preprocessing, image_paths: list[str], n: int = 8
+    pre: Preprocessing, image_paths: list[str], skipped: list[tuple[str, str]], n: int = 8
 ) -> tuple[torch.Tensor, str]:
     """Real images preprocessed as predict does, or random ones when none are given."""
-    files = image_files(image_paths)
-    if files:
+    images = readable_images(image_paths, n, skipped)
+    if images:
         transform = eval_transform(pre)
-        batch = torch.stack([_load_image(transform, f) for f in files[:n]])
+        batch = torch.stack([transform(img) for img in images])
         return batch, f"{len(batch)} real images"
     generator = torch.Generator().manual_seed(0)
     return torch.randn(
         n, 3, pre.image_size, pre.image_size, generator=generator
     ), f"{n} random inputs"
-
-
-def _load_image(transform: Any, path: str) -> torch.Tensor:
-    try:
-        return transform(load_rgb(path))
-    except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises for missing/broken files
-        raise ExportError(
-            f"--images {path}: not a readable image ({type(e).__name__}: {e}); "
-            "give image files or folders of them"
-        ) from None
 
 
 def _check_out(out: Path) -> None:
@@ -133,7 +158,8 @@ def export_model(
     """Write OUT_DIR/model.onnx or model.pt + config.json + export.json; raise if parity fails.
 
     with_preprocessing: an ONNX model from a uint8 image of any size to calibrated probabilities,
-    checked against predict's path on the real image files of image_paths (required)."""
+    checked against predict's path on the real image files of image_paths (required).
+    export.json's parity names the files of image_paths' folders skipped as unreadable."""
     if fmt not in FORMATS:
         raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     if with_preprocessing and fmt != "onnx":
@@ -142,11 +168,15 @@ def export_model(
     _check_out(out)
     model, meta, pre = load_for_inference(model_dir)
     model = model.float().eval()
+    skipped: list[tuple[str, str]] = []
     with torch.no_grad():
         if with_preprocessing:
-            result, failure = _export_with_preprocessing(model, meta, pre, image_paths, out)
+            result, failure = _export_with_preprocessing(
+                model, meta, pre, image_paths, out, skipped
+            )
         else:
-            result, failure = _export_plain(model, meta, pre, fmt, image_paths, out)
+            result, failure = _export_plain(model, meta, pre, fmt, image_paths, out, skipped)
+    result["parity"]["skipped"] = [{"path": p, "reason": reason} for p, reason in skipped]
     target = out / result["file"]
     with writing(out / "config.json"):
         shutil.copyfile(Path(model_dir) / "config.json", out / "config.json")
@@ -165,9 +195,10 @@ def _export_plain(
     fmt: str,
     image_paths: list[str],
     out: Path,
+    skipped: list[tuple[str, str]],
 ) -> tuple[dict[str, Any], str | None]:
     """The model alone, (batch, 3, S, S) float pixels -> logits; (export.json, failure or None)."""
-    x, what = parity_inputs(pre, image_paths)
+    x, what = parity_inputs(pre, image_paths, skipped)
     out.mkdir(parents=True, exist_ok=True)
     target = out / ("model.onnx" if fmt == "onnx" else "model.pt")
     reference = model(x).numpy()
@@ -202,9 +233,11 @@ def _export_plain(
     )
 
 
-def _preprocessing_images(pre: Preprocessing, image_paths: list[str]) -> list[np.ndarray]:
-    """The parity images of --with-preprocessing, (H, W, 3) uint8 as load_rgb decodes them,
-    after checking that the graph can do this model's preprocessing."""
+def _preprocessing_images(
+    pre: Preprocessing, image_paths: list[str], skipped: list[tuple[str, str]]
+) -> list[Image.Image]:
+    """The parity images of --with-preprocessing (`readable_images`), after checking that the
+    graph can do this model's preprocessing."""
     if pre.interpolation not in FILTER_SUPPORT:
         raise ExportError(
             f"--with-preprocessing: the model resizes with {pre.interpolation!r}; "
@@ -215,13 +248,12 @@ def _preprocessing_images(pre: Preprocessing, image_paths: list[str]) -> list[np
             f"--with-preprocessing: the model's center crop ({pre.image_size} px) is larger "
             f"than its resize ({pre.resize_size} px) and would pad: export without it"
         )
-    files = image_files(image_paths)[:PARITY_FILES]
-    if not files:
+    if not image_paths:
         raise ExportError(
             "--with-preprocessing: the parity check runs on real image files: "
             "give --images FILES_OR_FOLDERS (photos of different sizes)"
         )
-    return [_load_image(np.asarray, f) for f in files]
+    return readable_images(image_paths, PARITY_FILES, skipped)
 
 
 def _export_with_preprocessing(
@@ -230,10 +262,11 @@ def _export_with_preprocessing(
     pre: Preprocessing,
     image_paths: list[str],
     out: Path,
+    skipped: list[tuple[str, str]],
 ) -> tuple[dict[str, Any], str | None]:
     """(1, H, W, 3) uint8 RGB -> (1, C) calibrated probabilities, checked against predict's path
     on real image files; (export.json, failure or None)."""
-    images = _preprocessing_images(pre, image_paths)
+    images = [np.asarray(img) for img in _preprocessing_images(pre, image_paths, skipped)]
     t = temperature(meta)
     out.mkdir(parents=True, exist_ok=True)
     target = out / "model.onnx"

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from trainer.data.layout import UNREADABLE, unreadable_image
+from trainer.data.layout import unreadable_image
 from trainer.data.loaders import make_loader, make_train_loader
 from trainer.data.pipelines.base import Inputs
 from trainer.data.pipelines.cached import CachedTrainView
@@ -19,7 +19,7 @@ from trainer.data.pipelines.device import DeviceTransform, Samples
 from trainer.data.pipelines.geometry import Window, file_window
 from trainer.data.pipelines.pixelcache import decode
 from trainer.data.sampling import EpochBatchSampler
-from trainer.data.transforms import Preprocessing
+from trainer.data.transforms import UNREADABLE, Preprocessing
 
 
 class EncodedFiles:

@@ -12,13 +12,14 @@ row is S x L for the widest window L of the data set (S x S for square images).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from PIL import Image, ImageOps
 
-from trainer.data.transforms import center_crop_offset
+from trainer.data.transforms import UNREADABLE, center_crop_offset
 
 # Windows keep up to 3:2 of an image: all of a 4:3 or 3:2 photo, 84% of a 16:9 one. Wider
 # would cost cache space (S x 1.5S bytes per image at most) for crops that rarely reach there.
@@ -78,13 +79,18 @@ def window(height: int, width: int, size: int, crop: int, longest: int | None = 
 def file_window(path: str, size: int, crop: int) -> Window:
     """The window of an image file from its header alone (EXIF orientation applied): the
     decode pipeline draws its crops from it before the image is decoded. A file whose header
-    does not read gets the square (its decode then says what is wrong)."""
+    does not read, or that is over the pixel limit, gets the square (its decode then says what
+    is wrong: this runs before the bad-file check has judged the file)."""
     try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if img.getexif().get(ImageOps.ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
-                w, h = h, w
-    except (OSError, ValueError, SyntaxError):
+        with warnings.catch_warnings():
+            # Over the limit Pillow warns (up to twice it) or raises DecompressionBombError,
+            # which is no OSError: both are the decode's to report, not a crash or a log line.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if img.getexif().get(ImageOps.ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
+                    w, h = h, w
+    except (*UNREADABLE, Image.DecompressionBombWarning):
         w = h = size
     return window(*resized_size(h, w, size), size, crop)
 

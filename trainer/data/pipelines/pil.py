@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 from torch.utils.data import DataLoader
 
-from trainer.data.layout import UNREADABLE, unreadable_image
+from trainer.data.layout import unreadable_image
 from trainer.data.loaders import make_loader, make_train_loader
 from trainer.data.pipelines.base import Inputs
 from trainer.data.sampling import EpochBatchSampler
-from trainer.data.transforms import eval_transform, load_rgb, train_transform
+from trainer.data.transforms import UNREADABLE, eval_transform, load_rgb, train_transform
 
 if TYPE_CHECKING:
     import datasets

@@ -50,7 +50,9 @@ from trainer.data.pipelines.geometry import Window, eval_crop, file_window, stor
 from trainer.data.transforms import Preprocessing, load_rgb
 from trainer.data.workers import ctrl_c_held, ignore_ctrl_c
 
-FORMAT = 3  # bump when the cache layout or the resize changes (3: whole windows, not squares)
+# bump when the cache layout, the resize or the verdicts change (3: whole windows, not squares;
+# 4: lines are bad files, badfiles.MAX_SIDE_RATIO)
+FORMAT = 4
 PROGRESS_FROM = 1000  # show the build's progress from this many images
 
 
@@ -73,8 +75,12 @@ def unusable_folder(root: Path, error: OSError) -> ConfigError:
 def cache_key(paths: Sequence[str], size: int, interpolation: str, limit: int | None) -> str:
     h = hashlib.sha256(f"{FORMAT}|{size}|{interpolation}|{limit}".encode())
     for path in paths:
-        st = os.stat(path)
-        h.update(f"|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode())
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}|{st.st_mtime_ns}"
+        except OSError:  # gone since it was listed: a bad file, which its decode reports
+            stamp = "gone"
+        h.update(f"|{os.path.abspath(path)}|{stamp}".encode())
     return h.hexdigest()[:32]
 
 
