@@ -1,13 +1,17 @@
 # make demo: set up .venv and train on scikit-learn's digits (no network needed).
-# make test: set up .venv and run every test (CPU; GPU tests skip without CUDA).
+# make test: set up .venv and run every test (CPU; GPU tests skip without CUDA), one worker per core.
+# make test-fast: the same without the tests marked slow (over 30 s each): the edit loop.
 VENV ?= .venv
 PYTHON ?= python3
 # torch/torchvision for the venv; override for another CUDA/CPU build, e.g. TORCH_PIP="torch torchvision".
 TORCH_PIP ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# pytest-xdist workers; a test file runs whole on one worker, so its module fixtures are built once.
+WORKERS ?= auto
+PYTEST := $(VENV)/bin/python -m pytest -n $(WORKERS) --dist loadfile -ra
 
-.PHONY: setup test test-unit demo accuracy clean
+.PHONY: setup test test-fast test-unit coverage demo accuracy clean
 
 setup: $(STAMP)
 
@@ -18,10 +22,18 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 test: setup
-	$(VENV)/bin/python -m pytest tests -ra $(PYTEST_ARGS)
+	$(PYTEST) --durations=15 tests $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PYTEST) -m "not slow" tests $(PYTEST_ARGS)
 
 test-unit: setup
-	$(VENV)/bin/python -m pytest tests/unit -q $(PYTEST_ARGS)
+	$(PYTEST) -q tests/unit $(PYTEST_ARGS)
+
+# Line and branch coverage of trainer/, the training subprocesses included (.coveragerc).
+coverage: setup
+	rm -rf .coverage-data && mkdir .coverage-data
+	COVERAGE_FILE=$(CURDIR)/.coverage-data/coverage $(PYTEST) --cov --cov-report=term tests $(PYTEST_ARGS)
 
 demo: setup
 	$(VENV)/bin/trainer demo

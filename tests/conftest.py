@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,6 +25,12 @@ BIN = Path(sys.executable).parent
 os.environ.setdefault("TRAINER_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Threads: `make test` runs one pytest-xdist worker per core; each worker, and the runs it starts,
+# gets its share of the cores, and OpenMP threads that wait sleep instead of spinning (beside one
+# other busy process a training step ran 8-15x slower with torch's defaults on the 2-core machine).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The scan and pixel caches of test folders go to a throwaway place, not the user's ~/.cache;
 # pytest_sessionfinish removes it (each session left one behind: 362 of them, 344 MB, were found).
 _THROWAWAY_CACHE = tempfile.mkdtemp(prefix="trainer-test-cache-")
@@ -29,6 +39,50 @@ os.environ.setdefault("TRAINER_CACHE_DIR", _THROWAWAY_CACHE)
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_THROWAWAY_CACHE, ignore_errors=True)
+
+
+# The suite's budget: a test over SLOW_SECONDS (setup, call and teardown together) carries
+# @pytest.mark.slow(reason=...); `make test-fast` leaves those out. Any other test that went over
+# is named at the end (a warning, not a failure: timings on a shared machine are noisy).
+SLOW_SECONDS = 30.0
+_seconds: dict[str, float] = {}
+_marked_slow: set[str] = set()
+
+
+# Files that take minutes go first: xdist hands out whole files in collection order, so a long
+# file collected last would run alone on one worker at the end while the other waits.
+LONGEST_FIRST = [  # by their minutes in a full run, most first
+    "tests/integration/test_resume.py",
+    "tests/integration/test_speed_paths.py",
+    "tests/integration/test_gpu_check.py",
+    "tests/integration/test_distributed.py",
+    "tests/integration/test_demo.py",
+    "tests/integration/test_audit.py",
+    "tests/integration/test_slurm.py",
+    "tests/integration/test_audit_labels.py",
+]
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file and among the rest stays
+
+
+def pytest_runtest_logreport(report):
+    _seconds[report.nodeid] = _seconds.get(report.nodeid, 0.0) + report.duration
+    if "slow" in report.keywords:
+        _marked_slow.add(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter):
+    over = [n for n, s in _seconds.items() if s > SLOW_SECONDS and n not in _marked_slow]
+    if over:
+        terminalreporter.section(f"tests over {SLOW_SECONDS:.0f} s without a slow marker")
+        for nodeid in sorted(over, key=_seconds.get, reverse=True):
+            terminalreporter.write_line(f"{_seconds[nodeid]:7.1f}s  {nodeid}")
 
 
 COLORS = [(220, 40, 40), (40, 200, 60), (40, 70, 220), (230, 200, 40), (200, 60, 220)]
@@ -129,9 +183,53 @@ def assert_ok(proc: subprocess.CompletedProcess) -> None:
 def train_smoke(
     root: Path, run: Path, *overrides: str, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """`trainer train --config cpu-smoke` on ROOT into RUN, with extra overrides."""
+    """`trainer train --config cpu-smoke` on ROOT into RUN, with extra overrides: in this process
+    (cli_here), or in a new one where the run needs its own environment `env`."""
     args = ("trainer", "train", "--config", "cpu-smoke", f"data.root={root}", f"output_dir={run}")
+    if env is None:
+        return cli_here(*args, *overrides)
     return run_cli(*args, *overrides, env=env)
+
+
+def cli_here(*args: str) -> subprocess.CompletedProcess:
+    """`trainer ARGS...` in this process, its exit code and output as run_cli gives them,
+    without a new interpreter's imports (about 10 s of torch, torchvision, sklearn and
+    matplotlib). For tests whose subject is not the process boundary (signals, a killed run,
+    2 processes, what a fresh process imports)."""
+    from accelerate.state import AcceleratorState
+
+    from trainer.cli import main
+
+    assert args[0] == "trainer", args
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args[1:]))
+            except SystemExit as e:  # a stopped run's exit code (75), as the process gives it
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        AcceleratorState._reset_state(True)  # the next run's Accelerator starts from its config
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder `name`, built by `build(folder)` once per pytest run: the first xdist worker
+    to ask builds it under a file lock, the others wait and get the same folder. Shared: a test
+    copies it before changing anything in it."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above each worker's own
+    folder = base / "built-once" / name
+    folder.parent.mkdir(exist_ok=True)
+    with FileLock(f"{folder}.lock"):
+        done = Path(f"{folder}.built")  # beside it: tests list what the folder holds
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +252,13 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> tuple[Path, Path]:
     """(image folder, run folder) of one short CPU training run, shared by the integration tests."""
-    base = tmp_path_factory.mktemp("trained")
-    root = make_folder(base / "images", ["cat", "dog", "fox"], 20)
-    run = base / "run"
-    assert_ok(train_smoke(root, run, "train.epochs=2", "train.batch_size=8", "train.log_every=1"))
-    return root, run
+
+    def build(base: Path) -> None:
+        root = make_folder(base / "images", ["cat", "dog", "fox"], 20)
+        overrides = ("train.epochs=2", "train.batch_size=8", "train.log_every=1")
+        # a process of its own: the run most tests read is the command exactly as users run it
+        args = ("--config", "cpu-smoke", f"data.root={root}", f"output_dir={base / 'run'}")
+        assert_ok(run_cli("trainer", "train", *args, *overrides))
+
+    base = built_once(tmp_path_factory, "trained", build)
+    return base / "images", base / "run"

@@ -26,7 +26,10 @@ from PIL import Image, ImageDraw, ImageEnhance
 from tests.conftest import accelerate_launch, assert_ok, run_cli, train_smoke
 from trainer.audit.duplicates import all_pairs, exact_groups, leakage, near_pairs, whiten
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow(reason="trains the model it audits with, then audits on 1 and 2 processes"),
+]
 
 CLASSES = ("red", "green", "blue")
 BACKGROUNDS = ((170, 60, 60), (60, 160, 70), (60, 80, 170))

@@ -20,7 +20,10 @@ import pytest
 from tests.conftest import assert_ok, run_cli
 from trainer.data.demo import write_digits
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow(reason="trains a model on planted label errors and audits it"),
+]
 
 MOVED_SHARE = 0.05
 

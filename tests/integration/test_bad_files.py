@@ -48,6 +48,7 @@ def test_training_skips_bad_files_and_completes(messy_folder, tmp_path):
     _check_run(run, proc.stdout + proc.stderr)
 
 
+@pytest.mark.slow(reason="2 gloo processes train on the messy folder")
 def test_two_processes_skip_the_same_files(messy_folder, tmp_path):
     run = tmp_path / "run"
     proc = accelerate_launch(

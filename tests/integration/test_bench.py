@@ -12,7 +12,10 @@ from PIL import Image
 
 from tests.conftest import assert_ok, run_cli
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow(reason="times every bench case and a whole run beside the blog script"),
+]
 
 TINY = ("model.name=torchvision/resnet18", "data.image_size=32", "train.batch_size=8")
 ROW = re.compile(r"^\(([abcd])\) (.+?)\s{2,}(\d+\.\d)\s+(n/a|\d+\.\d\d GiB)\s{2}(.+)$")

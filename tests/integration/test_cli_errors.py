@@ -193,6 +193,7 @@ def test_a_training_run_into_a_full_disk_exits_2_naming_the_mount(images, full_d
     assert errors.mount_point(run) == str(full_disk)
 
 
+@pytest.mark.slow(reason="2 gloo processes")
 def test_on_two_processes_every_rank_exits_2_and_one_line_is_printed(model_dir, tmp_path):
     bad = [tmp_path / "x.jpg", tmp_path / "y.png", tmp_path / "z.png"]
     for p in bad:

@@ -10,7 +10,10 @@ import pytest
 
 from tests.conftest import assert_ok, make_folder, make_pre_split, train_smoke
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow(reason="bf16 autocast training and torch.compile (inductor) on the CPU"),
+]
 
 
 def losses(run) -> list[float]:

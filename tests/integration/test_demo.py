@@ -6,7 +6,10 @@ import pytest
 
 from tests.conftest import assert_ok, run_cli
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow(reason="trains ResNet-18 on the 1,797 digits as make demo does"),
+]
 
 
 def test_digits_demo_reaches_90_percent_test_accuracy(tmp_path):

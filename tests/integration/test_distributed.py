@@ -13,7 +13,10 @@ import yaml
 
 from tests.conftest import BIN, REPO, accelerate_launch, assert_ok, free_port, make_folder, run_cli
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow(reason="2 gloo processes or 2 simulated nodes train and evaluate"),
+]
 
 
 def test_odd_sized_eval_counts_every_image_once_on_two_processes(trained_run, tmp_path):

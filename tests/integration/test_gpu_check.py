@@ -14,7 +14,12 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow(
+        reason="runs every step of launch/gpu_check.sh --cpu, tests/gpu included (minutes)"
+    ),
+]
 
 SCRIPT = REPO / "launch" / "gpu_check.sh"
 STEPS = [

@@ -19,6 +19,10 @@ from safetensors.torch import load_file
 from tests.conftest import BIN, REPO, assert_ok, free_port, make_pre_split
 from trainer.train import checkpoint
 
+pytestmark = pytest.mark.slow(
+    reason="each test trains, stops and resumes runs of 1 or 2 processes to compare weights"
+)
+
 RUNNER = Path(__file__).with_name("resume_runner.py")
 TRAIN_ROWS = 48  # 3 classes x 16: whole batches of 8 on 1 and on 2 processes, nothing dropped
 ARGS = (

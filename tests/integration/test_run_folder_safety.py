@@ -80,6 +80,7 @@ def test_an_existing_folder_that_is_not_a_run_is_refused_and_left_as_it_was(tmp_
         assert tree(project) == before
 
 
+@pytest.mark.slow(reason="2 gloo processes")
 def test_with_two_processes_every_rank_exits_2_and_the_folder_is_left_as_it_was(tmp_path):
     root = make_folder(tmp_path / "images", ["cat", "dog"], 6, size=24)
     project = tmp_path / "project"
@@ -128,6 +129,7 @@ def test_a_folder_in_use_by_a_live_run_is_refused(trained_run, tmp_path):
     assert tree(run) == before
 
 
+@pytest.mark.slow(reason="kills a training process and trains again")
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     root = make_folder(tmp_path / "images", ["cat", "dog"], 6, size=24)
     run = tmp_path / "run"
@@ -141,6 +143,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     assert not (run / rundir.LOCK).exists()  # released at the end
 
 
+@pytest.mark.slow(reason="trains two runs into one folder")
 def test_overwrite_replaces_only_what_the_old_run_wrote(trained_run, tmp_path):
     root, run = copy_run(trained_run, tmp_path)
     (run / "notes.txt").write_text("my conclusions\n")

@@ -26,7 +26,10 @@ from safetensors.torch import load_file
 from tests.conftest import REPO, make_pre_split
 from tests.slurm_cluster import SlurmCluster, SlurmUnavailable, start_cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow(reason="runs the sbatch scripts on a real one-node Slurm cluster"),
+]
 
 SLURM = REPO / "launch" / "slurm"
 NODE_COMMAND = SLURM / "node_command.sh"

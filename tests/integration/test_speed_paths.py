@@ -18,6 +18,10 @@ from tests.integration.test_resume import (
     train,
 )
 
+pytestmark = pytest.mark.slow(
+    reason="trains on each input pipeline to compare accuracy, heads and resumes"
+)
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:

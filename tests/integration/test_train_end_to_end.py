@@ -122,6 +122,7 @@ def test_predict_from_the_model_folder_alone_reports_bad_files(trained_run, tmp_
     assert "broken.jpg" in proc.stderr and "1 unreadable" in proc.stdout
 
 
+@pytest.mark.slow(reason="trainer eval in a process of its own")
 def test_eval_prints_metrics_and_a_per_class_table(trained_run, tmp_path):
     root, run = trained_run
     out = tmp_path / "eval.json"
@@ -215,6 +216,7 @@ def test_root_train_py_is_trainer_train(tmp_path):
     assert "trainer config --keys" in help_text
 
 
+@pytest.mark.slow(reason="a training run of its own with W&B offline")
 def test_wandb_offline_run_is_written_and_keeps_secrets_out(tmp_path):
     root = make_folder(tmp_path / "images", ["a", "b"], 8)
     run = tmp_path / "run"

@@ -58,6 +58,7 @@ def test_every_switch_on_trains_and_keeps_the_better_of_trained_and_ema(tmp_path
     assert "class 'c' has only" in proc.stdout
 
 
+@pytest.mark.slow(reason="trains until the patience runs out")
 def test_early_stopping_ends_the_phase(tmp_path):
     root = make_folder(tmp_path / "images", ["a", "b"], 10)
     run = tmp_path / "run"
@@ -77,6 +78,7 @@ def test_early_stopping_ends_the_phase(tmp_path):
     assert "early stopping" in proc.stdout
 
 
+@pytest.mark.slow(reason="trains the same run twice and a third with another seed")
 def test_one_seed_makes_a_cpu_run_repeatable(tmp_path):
     root = make_folder(tmp_path / "images", ["a", "b"], 12)
     runs = [tmp_path / "one", tmp_path / "two"]

@@ -165,6 +165,7 @@ def test_an_interrupted_scan_cache_write_leaves_no_temp_file(tmp_path, monkeypat
     assert os.listdir(tmp_path / "scan") == []
 
 
+@pytest.mark.slow(reason="waits out the workers' grace period")
 def test_a_process_with_live_workers_that_ignore_signals_exits():
     # Workers ignore SIGTERM, so multiprocessing's exit (SIGTERM, then join) would wait forever;
     # the loop's exit hook kills them first. Two of them: the first kill must not stop the rest.

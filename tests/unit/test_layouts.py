@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_folder, make_pre_split, run_cli
+from tests.conftest import cli_here, make_folder, make_pre_split
 from trainer.config import DataConfig
 from trainer.data.layout import DataError, find_image_root
 from trainer.data.splits import labelled_items, list_images, scan
@@ -212,7 +212,7 @@ def test_cli_scan_of_an_ambiguous_layout_exits_2_naming_it(tmp_path, folders, na
     root = tmp_path / "d"
     for i, name in enumerate(folders):
         make_folder(root, [name], 2, seed=i)
-    proc = run_cli("trainer", "scan", str(root))
+    proc = cli_here("trainer", "scan", str(root))
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("trainer scan: error: ")
     # scan takes the layout as a flag, so the fix it names is the flag
@@ -220,7 +220,7 @@ def test_cli_scan_of_an_ambiguous_layout_exits_2_naming_it(tmp_path, folders, na
     for name in named:
         assert name in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
-    told = run_cli("trainer", "scan", str(root), "--layout", "classes")
+    told = cli_here("trainer", "scan", str(root), "--layout", "classes")
     assert told.returncode == 0, told.stderr
     assert f"{len({f.split('/')[0] for f in folders})} classes" in told.stdout
 
@@ -228,7 +228,7 @@ def test_cli_scan_of_an_ambiguous_layout_exits_2_naming_it(tmp_path, folders, na
 def test_cli_scan_of_a_class_folder_link_exits_2_with_one_line(tmp_path):
     root = make_folder(tmp_path / "d", ["c0", "c1", "c2"], 2)
     os.symlink("c2", root / "c2link")
-    proc = run_cli("trainer", "scan", str(root))
+    proc = cli_here("trainer", "scan", str(root))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
     assert proc.stderr == (
         f"trainer scan: error: {root / 'c2link'}/ and {root / 'c2'}/ are the same folder: "

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import make_folder, run_cli
+from tests.conftest import cli_here, make_folder
 from tests.image_corpus import BAD, GOOD_ODD, IGNORED, write_corpus
 from trainer.cli import main
 from trainer.config import DataConfig
@@ -247,7 +247,7 @@ def test_pre_split_bad_files_are_left_out_of_their_split(tmp_path):
 
 
 def test_cli_scan_prints_table_and_bad_files_and_exits_0(corpus):
-    proc = run_cli("trainer", "scan", str(corpus), "--workers", "1")
+    proc = cli_here("trainer", "scan", str(corpus), "--workers", "1")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "ratio-split" in out and f"bad files: {len(BAD)}" in out
@@ -301,6 +301,6 @@ def test_cli_scan_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys,
 
 def test_cli_scan_of_an_unusable_folder_exits_2_without_traceback(tmp_path):
     root = make_folder(tmp_path / "one-class", ["a"], 3)
-    proc = run_cli("trainer", "scan", str(root))
+    proc = cli_here("trainer", "scan", str(root))
     assert proc.returncode == 2
     assert proc.stderr.startswith("trainer scan: error: ") and "Traceback" not in proc.stderr

@@ -10,7 +10,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from tests.conftest import make_folder, run_cli
+from tests.conftest import cli_here, make_folder
 from trainer.config import ModelConfig
 from trainer.model.classifier import build_model
 from trainer.model.folder import load_model_folder, save_model_folder
@@ -146,7 +146,7 @@ def test_cli_on_a_model_folder_with_truncated_weights_exits_2(tmp_path, command)
     folder = _model_folder(tmp_path / "model")
     weights = _cut_in_half(folder / "model.safetensors")
     images = make_folder(tmp_path / "images", ["a", "b"], 2)
-    proc = run_cli("trainer", command, str(folder), str(images), timeout=300)
+    proc = cli_here("trainer", command, str(folder), str(images))
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1, proc.stderr[-3000:]
