@@ -1,6 +1,6 @@
 # make demo: set up .venv and train on scikit-learn's digits (no network needed).
 # make test: set up .venv and run every test (CPU; GPU tests skip without CUDA), one worker per core.
-# make test-fast: the same without the tests marked slow (over 30 s each): the edit loop.
+# make test-fast: the unit tests not marked slow (over 30 s each): the edit loop, under 3 minutes.
 VENV ?= .venv
 PYTHON ?= python3
 # torch/torchvision for the venv; override for another CUDA/CPU build, e.g. TORCH_PIP="torch torchvision".
@@ -25,7 +25,7 @@ test: setup
 	$(PYTEST) --durations=15 tests $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PYTEST) -m "not slow" tests $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow and not integration" tests $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PYTEST) -q tests/unit $(PYTEST_ARGS)
