@@ -133,6 +133,19 @@ def _drop_checkpoints_after_each_test(request):
             shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_process_state():
+    """In-process runs (cli.main) leave process-wide state that a fresh `trainer` process would not
+    have: accelerate's AcceleratorState singleton (the next Accelerator with another
+    mixed_precision then raises) and Pillow's pixel limit as the last run set it. Each test starts
+    from a fresh process's values, whichever test ran before it in this worker."""
+    pixels = Image.MAX_IMAGE_PIXELS
+    yield
+    Image.MAX_IMAGE_PIXELS = pixels
+    if "accelerate.state" in sys.modules:
+        sys.modules["accelerate.state"].AcceleratorState._reset_state(True)
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """3 classes x 20 images in one folder (ratio split)."""
