@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_MODEL
 
 CHECK_DEVICE_ENV = "TRAINER_CHECK_DEVICE"
 RECORD_ENV = "TRAINER_CHECK_RECORD"  # a JSON-lines file the measured tolerances are appended to
@@ -101,9 +101,16 @@ def run_python(
 
 
 def train_tiny(root: Path, run: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """`trainer train --config cpu-smoke` (ResNet-18 at 32 px, random init) on ROOT into RUN."""
+    """`trainer train --config cpu-smoke` with TINY_MODEL (timm's test_resnet at 32 px, random
+    init) on ROOT into RUN."""
     return run_trainer(
-        "train", "--config", "cpu-smoke", f"data.root={root}", f"output_dir={run}", *overrides
+        "train",
+        "--config",
+        "cpu-smoke",
+        f"model.name={TINY_MODEL}",
+        f"data.root={root}",
+        f"output_dir={run}",
+        *overrides,
     )
 
 

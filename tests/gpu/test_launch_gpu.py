@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import REPO, assert_ok, free_port, make_folder
+from tests.conftest import REPO, TINY_MODEL, assert_ok, free_port, make_folder
 from tests.gpu.checkdevice import assert_finite_losses, check_device, child_env, on_check_device
 
 pytestmark = on_check_device
@@ -31,6 +31,7 @@ def test_accelerate_launch_with_the_multi_gpu_profile_and_one_process_trains(tmp
         "train",
         "--config",
         "cpu-smoke",
+        f"model.name={TINY_MODEL}",
         f"data.root={root}",
         f"output_dir={run}",
         "train.log_every=1",

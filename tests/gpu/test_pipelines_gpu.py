@@ -4,7 +4,7 @@ frozen phase on cached features or on images.
 
 Tolerances (each test records the difference it measured, for `launch/gpu_check.sh`):
 - cache placement: the same uint8 pixels and crop draws, so the same weights; exact on the CPU,
-  max |difference| <= 1e-4 on CUDA (fp32, ResNet-18, 1 epoch, under tests/gpu/deterministic.py;
+  max |difference| <= 1e-4 on CUDA (fp32, timm's test_resnet, 1 epoch, under tests/gpu/deterministic.py;
   a few CUDA kernels, e.g. adaptive average pooling's backward, have no deterministic version).
 - JPEG decoding: two decoders' IDCT and chroma upsampling differ (libjpeg-turbo in torchvision
   and Pillow agree exactly on the CPU): mean |difference| <= 2 levels of 255 and 99.9% of the
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import assert_ok, make_folder
+from tests.conftest import TINY_MODEL, assert_ok, make_folder
 from tests.gpu.checkdevice import (
     assert_finite_losses,
     check_device,
@@ -49,7 +49,8 @@ def train_deterministic(root: Path, run: Path, *overrides: str):
     """train_tiny under tests/gpu/deterministic.py (deterministic cuDNN/cuBLAS where they have it)."""
     # One epoch: the model kept is the last one (with more, a val accuracy tied between epochs
     # could make two close runs keep different epochs); no checkpoints to write.
-    args = ("--config", "cpu-smoke", f"data.root={root}", f"output_dir={run}", "train.epochs=1")
+    args = ("--config", "cpu-smoke", f"model.name={TINY_MODEL}", "train.epochs=1")
+    args += (f"data.root={root}", f"output_dir={run}")
     args += ("checkpoint.enabled=false", *overrides)
     return run_python(str(DETERMINISTIC), "train", *args)
 

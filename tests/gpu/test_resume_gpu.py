@@ -19,7 +19,7 @@ from pathlib import Path
 from tests.conftest import REPO, assert_ok, make_pre_split
 from tests.gpu.checkdevice import child_env, max_difference, on_check_device, on_cpu, record
 from tests.gpu.deterministic import SETTINGS
-from tests.integration.test_resume import (
+from tests.integration.resuming import (
     ARGS,
     final_weights,
     finish,

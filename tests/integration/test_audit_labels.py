@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import assert_ok, run_cli
+from tests.conftest import assert_ok, cli_here
 from trainer.data.demo import write_digits
 
 pytestmark = [
@@ -54,14 +54,14 @@ def test_planted_label_errors_rank_first_and_a_clean_folder_has_few(tmp_path):
     moved = move_some(moved_root)
     run = tmp_path / "run"
     assert_ok(
-        run_cli(
+        cli_here(
             "trainer", "train", "--config", "digits", f"data.root={moved_root}",
-            f"output_dir={run}", "train.epochs=4", "data.num_workers=0", timeout=1200,
+            f"output_dir={run}", "train.epochs=4", "data.num_workers=0",
         )
     )  # fmt: skip
     model = str(run / "model")
     for root, out in ((moved_root, tmp_path / "a_moved"), (clean, tmp_path / "a_clean")):
-        proc = run_cli("trainer", "audit", str(root), "--model", model, "--out", str(out))
+        proc = cli_here("trainer", "audit", str(root), "--model", model, "--out", str(out))
         assert_ok(proc)
     top = flagged(tmp_path / "a_moved")[: len(moved)]
     hits = sum(path in moved for path in top)

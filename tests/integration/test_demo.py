@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.conftest import assert_ok, run_cli
+from tests.conftest import assert_ok, cli_here
 
 pytestmark = [
     pytest.mark.integration,
@@ -14,9 +14,7 @@ pytestmark = [
 
 def test_digits_demo_reaches_90_percent_test_accuracy(tmp_path):
     run = tmp_path / "demo"
-    proc = run_cli(
-        "trainer", "demo", "--data", str(tmp_path / "digits"), "--output-dir", str(run), timeout=900
-    )
+    proc = cli_here("trainer", "demo", "--data", str(tmp_path / "digits"), "--output-dir", str(run))
     assert_ok(proc)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["test_samples"] == 179  # 10% of 1,797, stratified
@@ -25,7 +23,7 @@ def test_digits_demo_reaches_90_percent_test_accuracy(tmp_path):
     # The command the demo suggests works as printed (it once wrote over the run's own
     # predictions.csv, which predict rightly refuses).
     suggested = next(line for line in proc.stdout.splitlines() if line.startswith("try: "))
-    assert_ok(run_cli(*suggested.removeprefix("try: ").split()))
+    assert_ok(cli_here(*suggested.removeprefix("try: ").split()))
 
 
 def test_the_scratch_recipe_learns_the_photo_crops_without_any_download(tmp_path):
@@ -38,7 +36,7 @@ def test_the_scratch_recipe_learns_the_photo_crops_without_any_download(tmp_path
     assert len(list(data.iterdir())) == 11 and len(shapes) > 20  # 10 classes + marker, varied
     assert any(w > 1.5 * h for w, h in shapes) and any(h > 1.5 * w for w, h in shapes)
     run = tmp_path / "run"
-    proc = run_cli(
+    proc = cli_here(
         "trainer",
         "train",
         "--config",
@@ -48,7 +46,6 @@ def test_the_scratch_recipe_learns_the_photo_crops_without_any_download(tmp_path
         "train.epochs=8",
         "data.image_size=32",  # a quarter of the recipe's compute, for the test's time
         "data.split=[0.5,0.2,0.3]",
-        timeout=900,
     )
     assert_ok(proc)
     summary = json.loads((run / "summary.json").read_text())

@@ -11,7 +11,17 @@ from subprocess import PIPE, STDOUT
 import pytest
 import yaml
 
-from tests.conftest import BIN, REPO, accelerate_launch, assert_ok, free_port, make_folder, run_cli
+from tests.conftest import (
+    BIN,
+    REPO,
+    TINY_MODEL,
+    accelerate_launch,
+    assert_ok,
+    cli_here,
+    free_port,
+    make_folder,
+    run_cli,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -27,7 +37,7 @@ def test_odd_sized_eval_counts_every_image_once_on_two_processes(trained_run, tm
     single, double = tmp_path / "one.json", tmp_path / "two.json"
     # batch 4 x 2 processes: 37 is no multiple of 8, so DDP pads the last batch with repeats.
     args = ("eval", str(run / "model"), str(data), "--batch-size", "4", "--json")
-    assert_ok(run_cli("trainer", *args, str(single)))
+    assert_ok(cli_here("trainer", *args, str(single)))
     assert_ok(accelerate_launch("-m", "trainer", *args, str(double)))
     one, two = json.loads(single.read_text()), json.loads(double.read_text())
     assert one["samples"] == two["samples"] == 37
@@ -66,7 +76,7 @@ def test_two_phase_ddp_training_keeps_weights_identical_across_ranks(tmp_path):
     recipe = tmp_path / "two-phase.yaml"
     recipe.write_text(
         """
-model: {name: torchvision/resnet18, pretrained: false, head: mlp, head_hidden: 32}
+model: {name: timm/test_resnet, pretrained: false, head: mlp, head_hidden: 32}
 data: {image_size: 32, num_workers: 0}
 optim: {optimizer: adam, lr: 1.0e-3, head_lr_mult: 1, scheduler: constant}
 train:
@@ -132,7 +142,8 @@ def _two_nodes(root, run, caches: tuple, timeout: int = 600) -> list[subprocess.
         cmd += [str(REPO / "accelerate_configs" / "cpu.yaml"), "--num_machines", "2"]
         cmd += ["--num_processes", "4", "--machine_rank", str(rank)]
         cmd += ["--main_process_ip", "127.0.0.1", "--main_process_port", port]
-        cmd += [str(REPO / "train.py"), "--config", "cpu-smoke", f"data.root={root}"]
+        cmd += [str(REPO / "train.py"), "--config", "cpu-smoke", f"model.name={TINY_MODEL}"]
+        cmd += [f"data.root={root}"]
         cmd += [f"output_dir={run}", "train.epochs=1"]
         env = {**os.environ, "ACCELERATE_USE_CPU": "true", "TRAINER_CACHE_DIR": str(cache)}
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"

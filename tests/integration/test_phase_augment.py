@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import assert_ok, make_pre_split, run_cli, train_smoke
+from tests.conftest import TINY_MODEL, assert_ok, cli_here, make_pre_split, train_smoke
 
 SMALL = (
-    "model.name=torchvision/resnet18",
+    f"model.name={TINY_MODEL}",
     "model.pretrained=false",
     "data.image_size=32",
     "data.num_workers=0",
@@ -61,7 +61,7 @@ def test_a_phase_that_does_not_augment_trains_as_data_augment_false_does(data, t
 
 def test_transfer_recipe_probes_on_cached_features_then_fine_tunes_augmented(data, tmp_path):
     run = tmp_path / "run"
-    out = run_cli(
+    out = cli_here(
         "trainer",
         "train",
         "--config",

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import assert_ok, make_pre_split, train_smoke
-from tests.integration.test_resume import (
+from tests.integration.resuming import (
     assert_same_run,
     start,
     stop_with_usr1,

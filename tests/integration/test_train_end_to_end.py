@@ -8,7 +8,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import REPO, assert_ok, make_folder, run_cli, train_smoke
+from tests.conftest import REPO, assert_ok, cli_here, make_folder, run_cli, train_smoke
 from trainer.config import load_config
 
 pytestmark = pytest.mark.integration
@@ -111,7 +111,7 @@ def test_predict_from_the_model_folder_alone_reports_bad_files(trained_run, tmp_
     Image.open(next((root / "cat").iterdir())).convert("L").save(images / "gray.jpg")
     (images / "broken.jpg").write_bytes(b"not a jpeg at all")
     out = tmp_path / "preds.csv"
-    proc = run_cli("trainer", "predict", str(model), str(images), "--topk", "2", "--out", str(out))
+    proc = cli_here("trainer", "predict", str(model), str(images), "--topk", "2", "--out", str(out))
     assert_ok(proc)
     with open(out, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -126,7 +126,7 @@ def test_predict_from_the_model_folder_alone_reports_bad_files(trained_run, tmp_
 def test_eval_prints_metrics_and_a_per_class_table(trained_run, tmp_path):
     root, run = trained_run
     out = tmp_path / "eval.json"
-    proc = run_cli("trainer", "eval", str(run / "model"), str(root), "--json", str(out))
+    proc = cli_here("trainer", "eval", str(run / "model"), str(root), "--json", str(out))
     assert_ok(proc)
     result = json.loads(out.read_text())
     assert result["samples"] == 60
@@ -134,7 +134,7 @@ def test_eval_prints_metrics_and_a_per_class_table(trained_run, tmp_path):
     partial = tmp_path / "no-fox"  # a folder without one of the model's classes
     shutil.copytree(root / "cat", partial / "cat")
     shutil.copytree(root / "dog", partial / "dog")
-    proc = run_cli("trainer", "eval", str(run / "model"), str(partial))
+    proc = cli_here("trainer", "eval", str(run / "model"), str(partial))
     assert_ok(proc)
     assert [line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("fox")] == [
         "-"
@@ -143,7 +143,7 @@ def test_eval_prints_metrics_and_a_per_class_table(trained_run, tmp_path):
 
 def test_eval_report_writes_json_markdown_and_plots(trained_run, tmp_path):
     root, run = trained_run
-    proc = run_cli(
+    proc = cli_here(
         "trainer", "eval", str(run / "model"), str(root), "--report", str(tmp_path / "rep")
     )
     assert_ok(proc)
@@ -166,7 +166,7 @@ def test_eval_report_writes_json_markdown_and_plots(trained_run, tmp_path):
 def test_export_matches_pytorch_on_real_images(trained_run, tmp_path, fmt):
     root, run = trained_run
     out = tmp_path / fmt
-    proc = run_cli(
+    proc = cli_here(
         "trainer",
         "export",
         str(run / "model"),
@@ -192,7 +192,7 @@ def test_onnx_export_runs_in_onnxruntime_like_the_model_folder(trained_run, tmp_
     from trainer.model.folder import load_model_folder
 
     _, run = trained_run
-    assert_ok(run_cli("trainer", "export", str(run / "model"), "--out", str(tmp_path / "x")))
+    assert_ok(cli_here("trainer", "export", str(run / "model"), "--out", str(tmp_path / "x")))
     model, _ = load_model_folder(run / "model")
     x = torch.randn(3, 3, 32, 32)  # another batch size than the export's example
     session = ort.InferenceSession(
