@@ -52,15 +52,17 @@ _marked_slow: set[str] = set()
 # Files that take minutes go first: xdist hands out whole files in collection order, so a long
 # file collected last would run alone on one worker at the end while the other waits.
 LONGEST_FIRST = [  # by their minutes in a full run, most first
+    "tests/integration/test_gpu_check.py",
+    "tests/integration/test_demo.py",
     "tests/integration/test_resume.py",
     "tests/integration/test_resume_ranks.py",
-    "tests/integration/test_speed_paths.py",
-    "tests/integration/test_gpu_check.py",
     "tests/integration/test_distributed.py",
-    "tests/integration/test_demo.py",
-    "tests/integration/test_audit.py",
     "tests/integration/test_slurm.py",
+    "tests/integration/test_speed_paths.py",
     "tests/integration/test_audit_labels.py",
+    "tests/integration/test_audit.py",
+    "tests/integration/test_cpu_precision.py",
+    "tests/integration/test_training_switches.py",
 ]
 
 
