@@ -19,7 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, REPO, assert_ok, make_folder, make_pre_split, train_smoke
+from tests.conftest import (
+    BIN,
+    REPO,
+    TINY_MODEL,
+    assert_ok,
+    make_folder,
+    make_pre_split,
+    train_smoke,
+)
 
 # `trainer ARGS` whose first stop check (after the first optimizer update) announces itself in
 # $WAITING and waits until $GATE exists: the stop handler is installed by then.
@@ -53,7 +61,13 @@ badfiles.check_file = gated
 sys.exit(main())
 """
 
-TRAIN_ARGS = ("--config", "cpu-smoke", "train.batch_size=8", "train.epochs=1")
+TRAIN_ARGS = (
+    "--config",
+    "cpu-smoke",
+    f"model.name={TINY_MODEL}",
+    "train.batch_size=8",
+    "train.epochs=1",
+)
 
 
 @pytest.fixture(scope="module")

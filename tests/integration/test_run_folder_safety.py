@@ -170,7 +170,8 @@ def test_resuming_with_changed_data_is_refused_and_says_what_changed(trained_run
     shutil.copy(root / train_file, root / "cat" / "new_one.png")
     (root / next(r.split(",")[2] for r in rows if r.startswith("val,"))).unlink()
     before = tree(run)
-    proc = train_smoke(root, run, "train.epochs=2", "train.batch_size=8", "train.log_every=1")
+    same = ("model.name=torchvision/resnet18", "train.epochs=2", "train.batch_size=8")  # as run
+    proc = train_smoke(root, run, *same, "train.log_every=1")
     assert_refused(proc, "data.root", "changed since this run started", "overwrite=true")
     assert "added to" in proc.stderr and "removed from" in proc.stderr, proc.stderr
     assert tree(run) == before
