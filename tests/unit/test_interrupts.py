@@ -17,6 +17,7 @@ from trainer.data import badfiles as scan_module
 from trainer.data.pipelines import housekeeping, pixelcache
 from trainer.data.transforms import Preprocessing
 from trainer.data.walk import list_images
+from trainer.data.workers import RUN_SIGNALS
 from trainer.train.preemption import StopFlag
 
 ONE_PROCESS = SimpleNamespace(num_processes=1)
@@ -24,12 +25,14 @@ ONE_PROCESS = SimpleNamespace(num_processes=1)
 
 @pytest.fixture
 def flag():
+    before = {sig: signal.getsignal(sig) for sig in RUN_SIGNALS}
     stop = StopFlag()
     stop.install()
     yield stop
     stop.uninstall()
-    # A Ctrl-C that quit leaves SIGINT ignored on the way out; pytest's process goes on.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # A stopped run leaves its signals ignored on the way out; pytest's process goes on.
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
 
 
 def test_ctrl_c_in_training_sets_the_stop_flag_and_says_so(flag, capfd):
@@ -68,6 +71,14 @@ def test_ctrl_c_during_a_periodic_save_waits_for_it(flag, capfd):
 def test_signals_are_restored_after_training(flag):
     flag.uninstall()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_stop_signal_repeated_on_the_way_out_is_ignored(flag):
+    signal.raise_signal(signal.SIGUSR1)  # the stop: save, requeue, exit 75
+    flag.uninstall()
+    for sig in RUN_SIGNALS:
+        assert signal.getsignal(sig) is signal.SIG_IGN
+    signal.raise_signal(signal.SIGUSR1)  # as Slurm may repeat it: this process lives on
 
 
 def test_loader_workers_ignore_ctrl_c():

@@ -62,8 +62,12 @@ class StopFlag:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def uninstall(self) -> None:
+        """The earlier handlers back; once a stop was asked for, the run's signals are ignored
+        instead: a signal repeated on the way out (Slurm, a user) must not turn exit 75 into a
+        death by that signal."""
+        stopping = self.signal_name is not None
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if stopping else handler)
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
