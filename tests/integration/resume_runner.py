@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-from trainer.cli import main
+from trainer.cli import command
 from trainer.data import sampling
 from trainer.train import checkpoint, setup
 
@@ -54,4 +54,4 @@ if os.environ.get("FORGET_POSITION"):
     setup.prepare_run_dir = forgetful
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(command(sys.argv[1:]))

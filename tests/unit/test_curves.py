@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 from trainer.evaluation import curves
 
@@ -35,6 +40,24 @@ def test_aucs_equal_scikit_learns(classes, absent):
     assert out["classes_defined"] == len(defined)
     assert out["macro_roc_auc"] == pytest.approx(np.mean([r["roc_auc"] for r in defined]))
     assert out["macro_pr_auc"] == pytest.approx(np.mean([r["pr_auc"] for r in defined]))
+
+
+def test_tied_scores_and_full_curves_equal_scikit_learns():
+    """Probabilities rounded to 1 decimal: many ties, which are called positive together."""
+    probs, labels = _random_predictions(n=300, classes=3, seed=5)
+    probs = (probs * 10).round() / 10
+    p, y = probs.double().numpy(), labels.numpy()
+    out = curves.roc_pr(probs, labels, ["a", "b", "c"])
+    for c, row in enumerate(out["per_class"]):
+        assert row["roc_auc"] == pytest.approx(roc_auc_score(y == c, p[:, c]), abs=1e-12)
+        assert row["pr_auc"] == pytest.approx(average_precision_score(y == c, p[:, c]), abs=1e-12)
+        curve = out["curves"][c]  # at most 11 distinct scores: no point thinned away
+        want_fpr, want_tpr, _ = roc_curve(y == c, p[:, c], drop_intermediate=False)
+        np.testing.assert_allclose([curve["fpr"], curve["tpr"]], [want_fpr, want_tpr], atol=1e-6)
+        want_precision, want_recall, _ = precision_recall_curve(y == c, p[:, c])
+        np.testing.assert_allclose(
+            [curve["recall"], curve["precision"]], [want_recall, want_precision], atol=1e-6
+        )
 
 
 def test_a_class_that_is_every_image_has_no_auc():

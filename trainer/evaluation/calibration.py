@@ -8,6 +8,7 @@ a "0.9" right about 9 times in 10. Stored in the model folder's config.json (cal
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -45,24 +46,36 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     make every later mistake infinitely sure: measured on a 40-image val split, T 0.04 and a
     test NLL of 3.66 instead of 0.15).
 
-    For (N, C) logits the NLL is convex in 1/T, so unimodal in log T: bounded Brent on log T
+    For (N, C) logits the NLL is convex in 1/T, so unimodal in log T: a golden-section search on log T
     (deterministic) finds its minimum; the bounds themselves are candidates too."""
-    from scipy.optimize import minimize_scalar  # 0.4 s to import: only where T is fitted
-
     if labels.numel() == 0 or all_right(logits, labels):
         return 1.0
     logits = logits.detach().cpu().double()
     labels = labels.detach().cpu()
     low, high = (math.log(t) for t in TEMPERATURES)
-    found = minimize_scalar(
-        lambda log_t: nll(logits, labels, math.exp(log_t)),
-        bounds=(low, high),
-        method="bounded",
-        options={"xatol": 1e-6},
-    )
-    inside = min(max(math.exp(float(found.x)), TEMPERATURES[0]), TEMPERATURES[1])  # exp(log) rounds
+    log_t = _golden_section(lambda log_t: nll(logits, labels, math.exp(log_t)), low, high)
+    inside = min(max(math.exp(log_t), TEMPERATURES[0]), TEMPERATURES[1])  # exp(log) rounds
     candidates = [inside, *TEMPERATURES]
     return min(candidates, key=lambda t: nll(logits, labels, t))
+
+
+def _golden_section(f: Callable[[float], float], low: float, high: float, tol: float = 1e-6):
+    """The minimum of a unimodal f on [low, high] to within tol (scipy's bounded search did
+    the same, at 0.5 s of import in every run)."""
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = low, high
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = f(c), f(d)
+    while b - a > tol:
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = f(d)
+    return (a + b) / 2
 
 
 def reliability_bins(confidence: torch.Tensor, correct: torch.Tensor) -> list[dict[str, Any]]:

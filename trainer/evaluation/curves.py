@@ -2,8 +2,9 @@
 two classes precision and recall of the positive class at fixed thresholds.
 
 Inputs are (N, C) probabilities (calibration.probabilities: the ones `trainer predict` writes)
-and (N,) true labels. AUCs come from scikit-learn on all images; the curves kept for the plots
-are thinned to at most CURVE_POINTS points each.
+and (N,) true labels. AUCs are computed on all images, as scikit-learn's roc_auc_score and
+average_precision_score define them (numpy here: importing scikit-learn cost every run 2 s); the
+curves kept for the plots are thinned to at most CURVE_POINTS points each.
 """
 
 from __future__ import annotations
@@ -34,17 +35,36 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(defined)) if defined else None
 
 
+def _counts(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True and false positives when calling positive every image scoring >= t, for each
+    distinct score t from the highest down (tied scores are called together)."""
+    order = np.argsort(-score, kind="stable")
+    score, positive = score[order], positive[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]
+    tps = np.cumsum(positive)[last_of_tie]
+    return tps, last_of_tie + 1 - tps
+
+
+def _roc(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(false positive rates, true positive rates) from (0, 0) to (1, 1), and the area under."""
+    tps, fps = _counts(positive, score)
+    fpr, tpr = np.r_[0, fps] / fps[-1], np.r_[0, tps] / tps[-1]
+    return fpr, tpr, float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def _pr(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(recalls from 1 down to 0, their precisions) and the average precision: the precision at
+    each threshold weighted by the recall it adds (no interpolation)."""
+    tps, fps = _counts(positive, score)
+    precision, recall = tps / (tps + fps), tps / tps[-1]
+    average = float(np.sum(np.diff(np.r_[0, recall]) * precision))
+    return np.r_[recall[::-1], 0], np.r_[precision[::-1], 1], average
+
+
 def roc_pr(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict[str, Any]:
     """One-vs-rest ROC-AUC and PR-AUC (average precision) per class, null where the split has
     no positive or no negative of the class; macro means over the defined ones; the curves of
     the (at most CURVES_SHOWN) classes of lowest ROC-AUC."""
-    from sklearn.metrics import (  # import on use: 1 s, and only the report needs it
-        average_precision_score,
-        precision_recall_curve,
-        roc_auc_score,
-        roc_curve,
-    )
-
     p, y = probs.double().cpu().numpy(), labels.cpu().numpy()
     per_class, curves = [], []
     for c, name in enumerate(class_names):
@@ -54,8 +74,8 @@ def roc_pr(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]
             {
                 "class": name,
                 "positives": int(positive.sum()),
-                "roc_auc": float(roc_auc_score(positive, p[:, c])) if defined else None,
-                "pr_auc": float(average_precision_score(positive, p[:, c])) if defined else None,
+                "roc_auc": _roc(positive, p[:, c])[2] if defined else None,
+                "pr_auc": _pr(positive, p[:, c])[2] if defined else None,
             }
         )
     ranked = sorted(
@@ -63,8 +83,8 @@ def roc_pr(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]
         key=lambda c: per_class[c]["roc_auc"],
     )
     for c in sorted(ranked[:CURVES_SHOWN]):
-        fpr, tpr, _ = roc_curve(y == c, p[:, c])
-        precision, recall, _ = precision_recall_curve(y == c, p[:, c])
+        fpr, tpr, _ = _roc(y == c, p[:, c])
+        recall, precision, _ = _pr(y == c, p[:, c])
         fpr, tpr = _thin(fpr, tpr)
         recall, precision = _thin(recall, precision)
         curves.append(

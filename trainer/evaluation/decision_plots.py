@@ -8,14 +8,15 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from trainer.evaluation.plots import _save, display_names
+from trainer.evaluation.plots import _save, display_names, margins
 
 
 def reliability(calibration: dict[str, Any], out: Path) -> Path:
     """Accuracy vs mean confidence per confidence bin, before and after temperature scaling,
     against the diagonal (perfect calibration); each bar says how many images it holds."""
-    fig = Figure(figsize=(12, 5), layout="constrained")
+    fig = Figure(figsize=(12, 5))
     axes = fig.subplots(1, 2, sharey=True)
+    margins(fig, left=0.7, right=0.2, bottom=0.6, top=0.4, gap=0.3)
     t = calibration["temperature"]
     for ax, when, title in zip(axes, ("before", "after"), ("raw softmax (T = 1)", f"T = {t:.3g}")):
         bins = [b for b in calibration["reliability"][when] if b["samples"]]
@@ -60,8 +61,9 @@ def roc_pr(roc: dict[str, Any], out: Path) -> Path:
     by_name = {row["class"]: row for row in roc["per_class"]}
     curves = roc["curves"]
     names, font, note = display_names([c["class"] for c in curves])
-    fig = Figure(figsize=(12, 5.5), layout="constrained")
+    fig = Figure(figsize=(12, 5.5))
     ax_roc, ax_pr = fig.subplots(1, 2)
+    margins(fig, left=0.7, right=0.2, bottom=0.6, top=0.6 + 0.4 * bool(note))
     for curve, name in zip(curves, names):
         row = by_name[curve["class"]]
         ax_roc.plot(curve["fpr"], curve["tpr"], label=f"{name} ({row['roc_auc']:.3f})")
@@ -105,8 +107,9 @@ def roc_pr(roc: dict[str, Any], out: Path) -> Path:
 def coverage(cov: dict[str, Any], out: Path) -> Path:
     """Accuracy of the answered images vs the share answered, as the top-probability threshold
     rises; the coverage table's thresholds are marked."""
-    fig = Figure(figsize=(7, 5), layout="constrained")
+    fig = Figure(figsize=(7, 5))
     ax = fig.subplots()
+    margins(fig, left=0.8, right=0.2, bottom=0.6, top=0.4)
     curve = cov["curve"]
     ax.plot(curve["share"], curve["accuracy"], "-", label="answer the most confident first")
     for row in cov["table"]:
