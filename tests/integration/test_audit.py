@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance
 
-from tests.conftest import accelerate_launch, assert_ok, run_cli, train_smoke
+from tests.conftest import accelerate_launch, assert_ok, cli_here, train_smoke
 from trainer.audit.duplicates import all_pairs, exact_groups, leakage, near_pairs, whiten
 
 pytestmark = [
@@ -125,7 +125,7 @@ def audit(data: Path, model: Path, out: Path, *extra: str, launch: bool = False)
     args = ("audit", str(data), "--model", str(model), "--out", str(out), "--num-workers", "0")
     if launch:
         return accelerate_launch("-m", "trainer", *args, *extra)
-    return run_cli("trainer", *args, *extra)
+    return cli_here("trainer", *args, *extra)
 
 
 def test_planted_duplicates_are_found_across_splits(folders, tmp_path):

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import assert_ok, run_cli
+from tests.conftest import assert_ok, cli_here
 from trainer.cli import main
 from trainer.data.transforms import eval_transform
 from trainer.evaluation import tta
@@ -128,7 +128,7 @@ def test_an_unknown_label_that_is_a_class_exits_2_in_one_line(calibrated, tmp_pa
 def test_eval_with_tta_scores_the_averaged_views_and_writes_the_report(calibrated, tmp_path):
     root, model = calibrated
     report, metrics = tmp_path / "report", tmp_path / "eval.json"
-    proc = run_cli(
+    proc = cli_here(
         "trainer", "eval", str(model), str(root), "--tta", "--report", str(report),
         "--json", str(metrics),
     )  # fmt: skip

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import assert_ok, run_cli
+from tests.conftest import assert_ok, cli_here
 
 # (skimage.data photo, crop (top, left, bottom, right) as fractions or None, size (w, h) or None)
 PHOTOS = [
@@ -78,14 +78,14 @@ def test_onnx_with_preprocessing_gives_predicts_probabilities_on_real_files(
 
     files = write_photos(tmp_path / "photos")
     out = tmp_path / "onnx"
-    proc = run_cli(
+    proc = cli_here(
         "trainer", "export", str(calibrated_model), "--with-preprocessing",
         "--images", str(tmp_path / "photos"), "--out", str(out),
     )  # fmt: skip
     assert_ok(proc)
     assert "16 real image files (15 sizes): max |probability difference|" in proc.stdout
     assert_ok(
-        run_cli(
+        cli_here(
             "trainer", "predict", str(calibrated_model), str(tmp_path / "photos"),
             "--topk", "3", "--out", str(tmp_path / "predict.json"),
         )
@@ -117,10 +117,10 @@ def test_onnx_with_preprocessing_gives_predicts_probabilities_on_real_files(
 
 
 def test_with_preprocessing_needs_real_images_and_onnx(calibrated_model, tmp_path):
-    proc = run_cli("trainer", "export", str(calibrated_model), "--with-preprocessing")
+    proc = cli_here("trainer", "export", str(calibrated_model), "--with-preprocessing")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "real image files" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    proc = run_cli(
+    proc = cli_here(
         "trainer", "export", str(calibrated_model), "--with-preprocessing",
         "--format", "torchscript", "--images", str(tmp_path),
     )  # fmt: skip

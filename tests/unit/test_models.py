@@ -1,5 +1,7 @@
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -153,3 +155,14 @@ def test_model_folder_round_trip(tmp_path):
     model.eval()
     assert torch.equal(loaded(x), model(x))
     assert not (tmp_path / "model.tmp").exists()
+
+
+def test_timm_is_imported_without_wandb_and_a_later_import_of_wandb_works():
+    """In a fresh interpreter: this process may have imported wandb already."""
+    code = (
+        "import sys; from trainer.model.weights import import_timm; timm = import_timm(); "
+        "assert 'wandb' not in sys.modules, 'timm imported wandb'; "
+        "assert timm.is_model('test_resnet'); import wandb; print(wandb.__name__)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "wandb", proc.stderr[-2000:]

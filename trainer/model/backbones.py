@@ -18,7 +18,7 @@ from torch import nn
 from trainer.data.transforms import IMAGENET, Preprocessing
 from trainer.errors import WRITE_ERRNOS
 from trainer.model.safeload import ModelError, load_safetensors, load_torch_weights
-from trainer.model.weights import offline, torchvision_cache
+from trainer.model.weights import import_timm, offline, torchvision_cache
 
 # Auxiliary classifiers of Inception v3 / GoogLeNet in pretrained files; built without them.
 AUX_HEADS = ("AuxLogits.", "aux1.", "aux2.")
@@ -144,7 +144,7 @@ def timm_backbone(arch: str, pretrained: bool | str) -> tuple[nn.Module, int, Pr
     """timm's `arch` without its classifier (pooled features); weights from the Hugging Face
     cache or hub (pretrained=True) or a file; preprocessing from its pretrained config."""
     try:
-        import timm
+        timm = import_timm()
     except ImportError:
         raise ModelError(
             "model.name: timm backbones need timm: pip install 'trainer[timm]'"

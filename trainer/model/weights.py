@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -24,6 +26,22 @@ def offline() -> bool:
     return any(
         os.environ.get(v, "") not in ("", "0") for v in ("TRAINER_OFFLINE", "HF_HUB_OFFLINE")
     )
+
+
+def import_timm() -> ModuleType:
+    """timm (ImportError when not installed), imported without the `import wandb` that its
+    utils try for a logger of timm's own scripts, which trainer never calls: 0.7 s of every
+    process that builds a timm model. A run that tracks to W&B imports wandb itself, later."""
+    if "timm" in sys.modules or "wandb" in sys.modules:
+        import timm
+
+        return timm
+    sys.modules["wandb"] = None  # `import wandb` now raises ImportError, which timm catches
+    try:
+        import timm
+    finally:
+        del sys.modules["wandb"]
+    return timm
 
 
 def torchvision_cache() -> Path:
@@ -103,7 +121,7 @@ def download(name: str, to: str | None = None) -> Path:
         return target
     if source == "timm":
         try:
-            import timm
+            timm = import_timm()
         except ImportError:
             raise ModelError("timm backbones need timm: pip install 'trainer[timm]'") from None
         try:
