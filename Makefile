@@ -7,9 +7,10 @@ PYTHON ?= python3
 TORCH_PIP ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
-# pytest-xdist workers; a test file runs whole on one worker, so its module fixtures are built once.
+# pytest-xdist workers; a test file runs whole on one worker, so its module fixtures are built once,
+# and files are handed out in tests/conftest.py's order (longest first), not by their test counts.
 WORKERS ?= auto
-PYTEST := $(VENV)/bin/python -m pytest -n $(WORKERS) --dist loadfile -ra
+PYTEST := $(VENV)/bin/python -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder -ra
 
 .PHONY: setup test test-fast test-unit coverage demo accuracy clean
 

@@ -49,20 +49,24 @@ _seconds: dict[str, float] = {}
 _marked_slow: set[str] = set()
 
 
-# Files that take minutes go first: xdist hands out whole files in collection order, so a long
-# file collected last would run alone on one worker at the end while the other waits.
-LONGEST_FIRST = [  # by their minutes in a full run, most first
-    "tests/integration/test_gpu_check.py",
-    "tests/integration/test_demo.py",
-    "tests/integration/test_resume.py",
-    "tests/integration/test_resume_ranks.py",
-    "tests/integration/test_distributed.py",
-    "tests/integration/test_slurm.py",
-    "tests/integration/test_speed_paths.py",
-    "tests/integration/test_audit_labels.py",
-    "tests/integration/test_audit.py",
-    "tests/integration/test_cpu_precision.py",
-    "tests/integration/test_training_switches.py",
+# Files that take minutes go first: the Makefile's --no-loadscope-reorder makes xdist hand out
+# whole files in collection order (by default it orders them by their number of tests, which put
+# the 3-test GPU check, 7 minutes, last), so a long file does not run alone at the end.
+LONGEST_FIRST = [  # by their seconds in a full run (2026-12-07), most first
+    "tests/integration/test_gpu_check.py",  # 429
+    "tests/integration/test_resume_ranks.py",  # 279
+    "tests/integration/test_resume.py",  # 243
+    "tests/integration/test_distributed.py",  # 199
+    "tests/integration/test_slurm.py",  # 184
+    "tests/integration/test_demo.py",  # 113
+    "tests/integration/test_cpu_precision.py",  # 100
+    "tests/integration/test_audit_labels.py",  # 100
+    "tests/integration/test_bench.py",  # 70
+    "tests/integration/test_speed_paths.py",  # 69
+    "tests/integration/test_audit.py",  # 55
+    "tests/integration/test_train_end_to_end.py",  # 53
+    "tests/integration/test_run_folder_safety.py",  # 49
+    "tests/integration/test_training_switches.py",  # 48
 ]
 
 
