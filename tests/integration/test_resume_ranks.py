@@ -63,7 +63,13 @@ def test_a_stuck_rank_fails_the_job_after_the_collective_timeout(data, tmp_path)
     run = tmp_path / "run"
     proc = start(data, run, 2, "train.collective_timeout_s=5", "train.epochs=50")
     wait_until(proc, lambda: logged_steps(run) >= 2, "step 2")
-    os.kill(rank_pids(proc)[1], signal.SIGSTOP)  # alive but never answers
+    stuck = rank_pids(proc)[1]
+    os.kill(stuck, signal.SIGSTOP)  # alive but never answers
+    log = run.with_suffix(".log")
+    wait_until(proc, lambda: "error on rank 0 of 2" in log.read_text(), "rank 0's error", 60)
+    # The launcher now sends SIGTERM, which a stopped process only gets once continued (else
+    # it waits 30 s and sends SIGKILL): rank 0 has done what this test is about by now.
+    os.kill(stuck, signal.SIGCONT)
     out = finish(proc, run, timeout=150)
     assert out.returncode != 0
     assert "error on rank 0 of 2" in out.stdout
