@@ -53,20 +53,20 @@ _marked_slow: set[str] = set()
 # whole files in collection order (by default it orders them by their number of tests, which put
 # the 3-test GPU check, 7 minutes, last), so a long file does not run alone at the end.
 LONGEST_FIRST = [  # by their seconds in a full run (2026-12-07), most first
-    "tests/integration/test_gpu_check.py",  # 429
-    "tests/integration/test_resume_ranks.py",  # 279
-    "tests/integration/test_resume.py",  # 243
-    "tests/integration/test_distributed.py",  # 199
-    "tests/integration/test_slurm.py",  # 184
-    "tests/integration/test_demo.py",  # 113
-    "tests/integration/test_cpu_precision.py",  # 100
-    "tests/integration/test_audit_labels.py",  # 100
-    "tests/integration/test_bench.py",  # 70
-    "tests/integration/test_speed_paths.py",  # 69
-    "tests/integration/test_audit.py",  # 55
-    "tests/integration/test_train_end_to_end.py",  # 53
-    "tests/integration/test_run_folder_safety.py",  # 49
-    "tests/integration/test_training_switches.py",  # 48
+    "tests/integration/test_gpu_check.py",  # 430
+    "tests/integration/test_distributed.py",  # 271
+    "tests/integration/test_slurm.py",  # 229
+    "tests/integration/test_resume.py",  # 225
+    "tests/integration/test_resume_ranks.py",  # 204
+    "tests/integration/test_demo.py",  # 183
+    "tests/integration/test_cpu_precision.py",  # 160
+    "tests/integration/test_bench.py",  # 73
+    "tests/integration/test_speed_paths.py",  # 67
+    "tests/integration/test_training_switches.py",  # 51
+    "tests/integration/test_audit.py",  # 50
+    "tests/integration/test_train_end_to_end.py",  # 40
+    "tests/integration/test_interrupts.py",  # 39
+    "tests/integration/test_bad_files.py",  # 39
 ]
 
 
