@@ -21,7 +21,7 @@ from torch import nn
 from trainer import runtime
 from trainer.config import ModelConfig
 from trainer.data.badfiles import default_workers
-from trainer.data.loaders import make_loader
+from trainer.data.loaders import make_loader, stop_workers
 from trainer.data.pipelines import pil
 from trainer.data.pipelines.features import extract
 from trainer.data.splits import DataIndex
@@ -73,6 +73,7 @@ def embed(
     loader = accelerator.prepare(make_loader(view, batch_size, workers=workers))
     backbone = backbone.to(accelerator.device)  # no DDP: nothing trains
     features, _ = extract(backbone, loader, accelerator, len(view), "embeddings")
+    stop_workers(loader)
     emb = features.cpu().numpy().astype(np.float32)
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     return emb / np.maximum(norms, 1e-12)

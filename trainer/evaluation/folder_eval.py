@@ -56,18 +56,13 @@ def evaluate_folder(
         transform = eval_transform(pre) if views is None else views_transform(pre, views)
         ds = pil.to_hf_dataset(items, names, transform)
         n_workers = loaders.auto_num_workers(workers, runtime.local_world_size(accelerator))
-        loader = loaders.make_loader(ds, batch_size, workers=n_workers)
+        loader = accelerator.prepare(loaders.make_loader(ds, batch_size, workers=n_workers))
         t = temperature(meta) if calibrated else 1.0
         with_report = report_dir is not None
         result, preds = evaluate(
-            model,
-            accelerator.prepare(loader),
-            accelerator,
-            len(names),
-            "eval",
-            temperature=t,
-            keep_logits=with_report,
+            model, loader, accelerator, len(names), "eval", temperature=t, keep_logits=with_report
         )
+        loaders.stop_workers(loader)
         if with_report and accelerator.is_main_process:
             context = {"split": split, "model": str(model_dir), "data": str(data_dir)}
             _write_report(Path(report_dir), result, preds, items, names, t, views, context)

@@ -15,7 +15,7 @@ import time
 import torch
 
 from trainer import runtime
-from trainer.data.loaders import nhwc, to_device
+from trainer.data.loaders import nhwc, stop_workers, to_device
 from trainer.evaluation.evaluate import evaluate, summary_of
 from trainer.train import checkpoint, settings
 from trainer.train.phase import Phase, start_phase
@@ -37,6 +37,7 @@ def fit(ctx: Context, state: State, model: torch.nn.Module) -> torch.nn.Module:
                 batch = at.batch if epoch == at.phase_epoch else 0
                 if run_epoch(ctx, state, phase, Position(index, epoch, batch)):
                     break
+            stop_workers(phase.train_loader, phase.val_loader)
     finally:
         ctx.stop.uninstall()
     return model

@@ -16,6 +16,7 @@ import torch
 
 from trainer import runtime
 from trainer.config import RunConfig
+from trainer.data.loaders import stop_workers
 from trainer.errors import writing
 from trainer.evaluation import calibration, plots, report
 from trainer.evaluation.evaluate import evaluate, summary_of
@@ -90,6 +91,7 @@ def calibrate(ctx: Context, state: State, model: torch.nn.Module) -> float:
     _, preds = evaluate(
         model, loader, a, n, "calibrate", cl, ctx.pipeline.on_device, keep_logits=True
     )
+    stop_workers(loader)
     # Every rank holds all val logits (gathered), so every rank fits the same temperature.
     t = calibration.fit_temperature(preds["logits"], preds["label"])
     fit = calibration.summary(preds["logits"], preds["label"], t)
@@ -128,6 +130,7 @@ def final_eval(
     result, preds = evaluate(
         model, loader, a, n, split, cl, ctx.pipeline.on_device, temperature, keep_logits=True
     )
+    stop_workers(loader)
     if split == "test":
         p = state.progress
         ctx.tracker.log(

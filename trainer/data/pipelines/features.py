@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainer import runtime
 from trainer.config import PhaseConfig, RunConfig
-from trainer.data.loaders import make_loader, nhwc
+from trainer.data.loaders import make_loader, nhwc, stop_workers
 from trainer.data.pipelines import pil
 from trainer.data.pipelines.base import Pipeline
 from trainer.data.sampling import EpochBatchSampler
@@ -157,6 +157,7 @@ def compute(
         features[split] = extract(
             Channels(backbone, channels_last), loader, accelerator, len(view), f"features {split}"
         )
+        stop_workers(loader)
     n = sum(len(labels) for _, labels in features.values())
     accelerator.print(
         f"features of {n} images computed once in {time.perf_counter() - start:.1f}s; "
