@@ -23,7 +23,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import torch  # noqa: E402
 
-from trainer.cli import main  # noqa: E402
+from trainer.cli import command  # noqa: E402
 from trainer.data import sampling  # noqa: E402
 
 SETTINGS = {
@@ -52,4 +52,4 @@ if __name__ == "__main__":
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.use_deterministic_algorithms(True, warn_only=True)
     print(f"determinism settings: {json.dumps(SETTINGS)}", flush=True)
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(command(sys.argv[1:]))
