@@ -50,7 +50,6 @@ def start_phase(ctx: Context, state: State, model: torch.nn.Module, index: int) 
     optimizer and schedule of a checkpoint taken in it."""
     a, cfg = ctx.accelerator, ctx.cfg.train.phases[index]
     model = a.unwrap_model(model, keep_fp32_wrapper=False)
-    a.free_memory()  # forget the previous phase's wrapped objects before re-preparing
     settings.freeze(model, cfg)
     optimizer = optim.build_optimizer(model, cfg.optim)
     saved = state.take_phase_state(index)
