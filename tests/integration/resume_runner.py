@@ -13,8 +13,11 @@ import signal
 import sys
 
 from trainer.cli import command
-from trainer.data import sampling
-from trainer.train import checkpoint, setup
+from trainer.cli.args import collector_paused
+
+with collector_paused():  # as `trainer train` imports them
+    from trainer.data import sampling
+    from trainer.train import checkpoint, setup
 
 if os.environ.get("SAMPLE_LOG"):
     original_getitems = sampling.SeededView.__getitems__

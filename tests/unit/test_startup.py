@@ -1,9 +1,14 @@
-"""The time to the first training step is booked part by part, once."""
+"""The time to the first training step is booked part by part, once; the heavy imports do not
+run the garbage collector."""
 
 from __future__ import annotations
 
+import gc
+import subprocess
+import sys
 import time
 
+from trainer.cli.args import collector_paused
 from trainer.train.startup import Startup, seconds_since_process_start
 
 
@@ -45,3 +50,20 @@ def test_a_run_without_a_step_has_no_time_to_first_step():
 
 def test_the_process_age_is_known_here():
     assert 0.0 < seconds_since_process_start() < 24 * 3600
+
+
+def test_a_fresh_process_freezes_what_it_imports_and_a_used_one_keeps_its_collector():
+    code = (
+        "import gc\nfrom trainer.cli.args import collector_paused\n"
+        "with collector_paused():\n    assert not gc.isenabled()\n    import email.mime.text\n"
+        "print(gc.get_freeze_count() > 0, gc.isenabled())"
+    )
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert fresh.stdout.split() == ["True", "True"], fresh.stderr
+    import torch  # noqa: F401  (as in a test, or a sweep running many runs in one process)
+
+    frozen = gc.get_freeze_count()
+    with collector_paused():
+        assert gc.isenabled()
+        import xml.dom.minidom  # noqa: F401
+    assert gc.get_freeze_count() == frozen  # its garbage stays collectable

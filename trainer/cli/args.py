@@ -1,4 +1,5 @@
-"""What do several commands share: bounded number flags, --config and --layout, which process speaks.
+"""What do several commands share: bounded number flags, --config and --layout, which process
+speaks, the collector paused while the heavy modules import.
 
 Imports nothing heavy: the parser is built for `--help` and `trainer config` too.
 """
@@ -7,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
+import sys
 from collections.abc import Callable, Iterator
 
 
@@ -72,3 +75,21 @@ def layout_as_flag() -> Iterator[None]:
 def is_main() -> bool:
     """The process that prints: rank 0 of a multi-process launch, or the only one."""
     return os.environ.get("RANK", "0") == "0"
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Import the heavy modules (torch, torchvision, timm, matplotlib: about a million objects,
+    all kept for the process's life) with the garbage collector off, then freeze them: the 7 full
+    collections during those imports, and every later one scanning them, cost 0.65 s of CPU per
+    training process (8.35 -> 7.7 s of a tiny run). Only in a fresh process: where torch is
+    imported already (tests, a sweep in one process), freezing would keep their garbage forever."""
+    if "torch" in sys.modules or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()

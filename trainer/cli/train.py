@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from trainer.cli.args import add_config_args, is_main
+from trainer.cli.args import add_config_args, collector_paused, is_main
 
 TRAIN_EPILOG = """\
 overrides are dotted keys, e.g.:
@@ -40,7 +40,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     from trainer.errors import writing
-    from trainer.train.run import run  # heavy imports only after the config is known to be good
+
+    with collector_paused():  # heavy imports only after the config is known to be good
+        from trainer.train.run import run
 
     with writing(cfg.output_dir):  # a full disk names at least the run folder
         run(cfg)
@@ -117,7 +119,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ]
     cfg = load_config("digits", overrides)
     from trainer.errors import writing
-    from trainer.train.run import run
+
+    with collector_paused():
+        from trainer.train.run import run
 
     with writing(cfg.output_dir):
         summary = run(cfg)
