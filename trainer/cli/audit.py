@@ -10,7 +10,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainer.cli.args import BATCH, WORKERS, add_layout_arg, count, is_main, layout_as_flag
+from trainer.cli.args import (
+    BATCH,
+    WORKERS,
+    add_layout_arg,
+    collector_paused,
+    count,
+    is_main,
+    layout_as_flag,
+)
 
 DEFAULT_THRESHOLD = (
     0.70  # = trainer.audit.duplicates.NEAR_THRESHOLD (not imported: torch-free here)
@@ -59,7 +67,9 @@ def add_audit(commands: argparse._SubParsersAction) -> None:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from trainer.audit.outputs import check_out
-    from trainer.audit.run import AuditOptions, run_audit, summary_lines
+
+    with collector_paused():
+        from trainer.audit.run import AuditOptions, run_audit, summary_lines
 
     data = Path(args.data_dir)
     out = Path(args.out) if args.out else Path(f"audit-{data.expanduser().resolve().name}")

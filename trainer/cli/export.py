@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from trainer.cli.args import collector_paused
+
 
 def add_export(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
@@ -40,7 +42,8 @@ def add_export(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from trainer.model.export import ParityError, export_model
+    with collector_paused():
+        from trainer.model.export import ParityError, export_model
 
     suffix = "onnx-preprocessing" if args.with_preprocessing else args.format
     out = args.out or f"{str(args.model_dir).rstrip('/')}-{suffix}"

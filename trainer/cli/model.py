@@ -11,7 +11,15 @@ import contextlib
 import sys
 from pathlib import Path
 
-from trainer.cli.args import BATCH, WORKERS, add_layout_arg, count, is_main, layout_as_flag
+from trainer.cli.args import (
+    BATCH,
+    WORKERS,
+    add_layout_arg,
+    collector_paused,
+    count,
+    is_main,
+    layout_as_flag,
+)
 
 
 def add_eval(commands: argparse._SubParsersAction) -> None:
@@ -56,9 +64,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from trainer.errors import writing
-    from trainer.evaluation.folder_eval import evaluate_folder, not_pre_split_note
     from trainer.evaluation.outputs import check_outputs
     from trainer.files import write_text_atomic
+
+    with collector_paused():
+        from trainer.evaluation.folder_eval import evaluate_folder, not_pre_split_note
 
     check_outputs(json_out=args.json, report_dir=args.report)  # before any work
     # A full disk while writing the report names its folder (the files are written inside).
@@ -183,7 +193,9 @@ def label_word(text: str) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     from trainer.data.layout import DataError
     from trainer.evaluation.outputs import check_outputs
-    from trainer.evaluation.predict import predict_paths, write_predictions
+
+    with collector_paused():
+        from trainer.evaluation.predict import predict_paths, write_predictions
 
     check_outputs(out=args.out)  # before the model runs: a refusal changes nothing
     rows, bad = predict_paths(
