@@ -69,21 +69,21 @@ _marked_slow: set[str] = set()
 # Files that take minutes go first: the Makefile's --no-loadscope-reorder makes xdist hand out
 # whole files in collection order (by default it orders them by their number of tests, which put
 # the 3-test GPU check, 7 minutes, last), so a long file does not run alone at the end.
-LONGEST_FIRST = [  # by their seconds in a full run (2026-12-07), most first
-    "tests/integration/test_gpu_check.py",  # 430
-    "tests/integration/test_distributed.py",  # 271
-    "tests/integration/test_slurm.py",  # 229
-    "tests/integration/test_resume.py",  # 225
-    "tests/integration/test_resume_ranks.py",  # 204
-    "tests/integration/test_demo.py",  # 183
-    "tests/integration/test_cpu_precision.py",  # 160
-    "tests/integration/test_bench.py",  # 73
-    "tests/integration/test_speed_paths.py",  # 67
-    "tests/integration/test_training_switches.py",  # 51
-    "tests/integration/test_audit.py",  # 50
-    "tests/integration/test_train_end_to_end.py",  # 40
-    "tests/integration/test_interrupts.py",  # 39
-    "tests/integration/test_bad_files.py",  # 39
+LONGEST_FIRST = [  # by their seconds in a full run (2026-12-08), most first
+    "tests/integration/test_gpu_check.py",  # 248
+    "tests/integration/test_resume.py",  # 208
+    "tests/integration/test_resume_ranks.py",  # 178
+    "tests/integration/test_distributed.py",  # 169
+    "tests/integration/test_slurm.py",  # 153
+    "tests/integration/test_demo.py",  # 142
+    "tests/integration/test_cpu_precision.py",  # 108
+    "tests/integration/test_speed_paths.py",  # 49
+    "tests/integration/test_bench.py",  # 38
+    "tests/integration/test_audit.py",  # 37
+    "tests/integration/test_interrupts.py",  # 35
+    "tests/integration/test_audit_labels.py",  # 34
+    "tests/integration/test_bad_files.py",  # 32
+    "tests/integration/test_train_end_to_end.py",  # 30
 ]
 
 
